@@ -1,0 +1,31 @@
+"""Typed errors for expected failures.
+
+Every error a user can cause (a bad file, a bad value, a bad model package)
+is raised as a subclass of :class:`CartoCellError` whose message is one
+sentence naming the culprit and what to do.  The CLI prints that sentence on
+stderr and exits with a non-zero code, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class CartoCellError(Exception):
+    """Base class of every expected, user-facing failure."""
+
+    exit_code: int = 2
+
+
+class InputError(CartoCellError):
+    """A data file or folder given by the user cannot be used (wrong shape, unreadable, ...)."""
+
+
+class ConfigError(CartoCellError):
+    """An option or configuration value is invalid."""
+
+
+class ModelError(CartoCellError):
+    """A model package, id or training run cannot be resolved, verified or loaded."""
+
+
+class OutputError(CartoCellError):
+    """An output location cannot be written."""
