@@ -173,9 +173,17 @@ def write_volume(
     kwargs: dict = {"compression": "zlib"} if compress else {}
     with atomic_path(path) as tmp:
         if data.dtype in (np.uint8, np.uint16, np.float32):
+            # ImageJ hyperstacks order axes TZCYXS: store CZYX as ZCYX, read back as CZYX.
+            ij_data, ij_axes = (data, axes) if data.ndim == 3 else (data.transpose(1, 0, 2, 3), "ZCYX")
             tifffile.imwrite(
-                tmp, data, imagej=True, resolution=(1.0 / sx, 1.0 / sy),
-                metadata={"spacing": sz, "unit": "um", "axes": axes}, **kwargs,
+                tmp, ij_data, imagej=True, resolution=(1.0 / sx, 1.0 / sy),
+                metadata={"spacing": sz, "unit": "um", "axes": ij_axes}, **kwargs,
+            )
+        elif data.dtype == np.float16:
+            # Neither ImageJ nor OME holds float16: plain TIFF with a JSON description.
+            tifffile.imwrite(
+                tmp, data, resolution=(1.0 / sx, 1.0 / sy), resolutionunit="MICROMETER",
+                metadata={"axes": axes, "spacing_um": [sz, sy, sx]}, **kwargs,
             )
         else:
             tifffile.imwrite(
@@ -229,6 +237,7 @@ def read_volume(path: str | os.PathLike, kind: Kind = "image") -> Volume:
     try:
         with tifffile.TiffFile(path) as tif:
             data = tif.asarray()
+            axes = tif.series[0].axes if tif.series else ""
             spacing, known = _spacing_from_tiff(tif)
     except InputError:
         raise
@@ -239,6 +248,9 @@ def read_volume(path: str | os.PathLike, kind: Kind = "image") -> Volume:
     if data.dtype.kind == "c" or data.dtype.kind not in "biuf":
         raise InputError(f"{path}: unsupported pixel type {data.dtype}; expected integers or floats.")
     want = 4 if kind == "probabilities" else 3
+    if kind == "probabilities" and len(axes) == data.ndim and "C" in axes and "Z" in axes:
+        # channels first, whatever order the file stores them in (ImageJ: ZCYX)
+        data = np.moveaxis(data, axes.index("C"), 0)
     data = _squeeze_to(data, want)
     if data.ndim != want:
         what = "CZYX probability volume" if want == 4 else "3D volume (Z, Y, X)"
@@ -301,6 +313,9 @@ def _spacing_from_tiff(tif) -> tuple[Spacing, bool]:
         got = _spacing_from_ome(tif.ome_metadata)
         if got is not None:
             return got, True
+    shaped = tif.shaped_metadata[0] if tif.is_shaped and tif.shaped_metadata else {}
+    if "spacing_um" in shaped:
+        return tuple(float(v) for v in shaped["spacing_um"]), True
     page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
     ij = tif.imagej_metadata or {}
     unit = str(ij.get("unit", "")).strip()

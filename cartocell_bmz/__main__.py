@@ -1,0 +1,5 @@
+"""``python -m cartocell_bmz`` runs the command line."""
+
+from cartocell_bmz.cli import main
+
+main()

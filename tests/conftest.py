@@ -1,0 +1,34 @@
+"""Shared fixtures: small synthetic cysts and a tiny dataset on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests must never reach the network; bioimageio honours this for its downloads.
+os.environ.setdefault("BIOIMAGEIO_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REFERENCE = SHARED / "reference" / "bmz-cartocell"
+
+
+@pytest.fixture(scope="session")
+def small_cyst():
+    """One small synthetic cyst (16 x 48 x 48), shared by the session."""
+    from cartocell_bmz.phantoms import make_cyst
+
+    return make_cyst((16, 48, 48), (1.0, 0.5, 0.5), stage="day7", seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A tiny CartoCell-layout dataset (1-2 volumes of 16 x 48 x 48 per split)."""
+    from cartocell_bmz.phantoms import PhantomConfig, make_dataset
+
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    cfg = PhantomConfig(seed=3, shape=(16, 48, 48), counts={"train_M1": 2, "validation": 1, "train_M2": 2, "test": 2})
+    make_dataset(root, cfg)
+    return root
