@@ -189,7 +189,7 @@ class ResUNet(nn.Module):
                 )
             )
         skips: List[torch.Tensor] = []
-        for i, (block, pool) in enumerate(zip(self.down, self.pools)):
+        for block, pool in zip(self.down, self.pools):
             x = block(x)
             skips.append(x)
             x = pool(x)
