@@ -260,71 +260,32 @@ def rank_models(rows: Iterable[Mapping]) -> list[RankingRow]:
     return rank_table({m: v for m, (v, _) in table.items()}, n_images={m: n for m, (_, n) in table.items()})
 
 
-def published_rows(models: Sequence | None = None) -> list[RankingRow]:
+def published_rows() -> list[RankingRow]:
     """The published figures of the six CartoCell models on the real test set (60 cysts).
 
-    Parameters
-    ----------
-    models : sequence, optional
-        Known-model records (default: every model of :mod:`cartocell_bmz.known_models`).
-        Each needs a name (``nickname``/``name``/``id``) and its published figures, either
-        as a mapping keyed by the column names or by the metric keys of this module.
+    From :data:`cartocell_bmz.known_models.PUBLISHED_RANKING`. The source names only the
+    first and the last model; the others are listed as ``published rank N (model not
+    named)``.
 
     Returns
     -------
     list of RankingRow
-        Ranked among themselves by the same rule, labelled :data:`SOURCE_PUBLISHED`.
+        Ranked among themselves by this module's rule (which reproduces the published
+        order), labelled :data:`SOURCE_PUBLISHED`.
+
+    Examples
+    --------
+    >>> [(r.rank, r.model) for r in published_rows()][:2]
+    [(1, 'happy-honeybee'), (2, 'published rank 2 (model not named)')]
     """
-    if models is None:
-        from cartocell_bmz import known_models
+    from cartocell_bmz.known_models import PUBLISHED_COLUMNS, PUBLISHED_RANKING
 
-        models = _known_model_records(known_models)
+    to_column = dict(zip(PUBLISHED_COLUMNS, COLUMN_NAMES))
     columns = {}
-    for record in models:
-        name, figures = _name_and_figures(record)
-        columns[name] = {col: float(figures[col]) for col in COLUMN_NAMES if col in figures}
+    for row in PUBLISHED_RANKING:
+        name = row.model_id or f"published rank {row.rank} (model not named)"
+        columns[name] = {to_column[k]: float(v) for k, v in row.figures.items()}
     return rank_table(columns, n_images=dict.fromkeys(columns, PUBLISHED_N_IMAGES), source=SOURCE_PUBLISHED)
-
-
-def _known_model_records(module) -> list:
-    for attr in ("KNOWN_MODELS", "PUBLISHED_MODELS", "MODELS"):
-        value = getattr(module, attr, None)
-        if value:
-            return list(value.values()) if isinstance(value, Mapping) else list(value)
-    raise RuntimeError("cartocell_bmz.known_models defines no list of known models")
-
-
-# accepted spellings of the published figures' keys -> column name
-_ALIASES = {
-    "iou_b": "IoU B", "iou_c": "IoU C", "iou_m": "IoU M",
-    "f1@0.5": "F1@0.5", "f1_0.5": "F1@0.5", "f1_05": "F1@0.5", "f1_50": "F1@0.5",
-    "pq@0.5": "PQ@0.5", "pq_0.5": "PQ@0.5", "pq_05": "PQ@0.5", "pq_50": "PQ@0.5",
-    "mts@0.5": "MTS@0.5", "mts_0.5": "MTS@0.5", "mts_05": "MTS@0.5", "mts_50": "MTS@0.5",
-    "f1@0.75": "F1@0.75", "f1_0.75": "F1@0.75", "f1_075": "F1@0.75", "f1_75": "F1@0.75",
-    "pq@0.75": "PQ@0.75", "pq_0.75": "PQ@0.75", "pq_075": "PQ@0.75", "pq_75": "PQ@0.75",
-}
-
-
-def _name_and_figures(record) -> tuple[str, dict[str, float]]:
-    if isinstance(record, Mapping):
-        get = record.get
-    else:
-        def get(key, default=None):
-            return getattr(record, key, default)
-    name = next((str(get(k)) for k in ("nickname", "name", "id") if get(k)), None)
-    figures = next((get(k) for k in ("published", "figures", "published_figures", "test_figures", "metrics")
-                    if get(k)), None)
-    if name is None or figures is None:
-        raise RuntimeError(f"known model record {record!r} has no name or no published figures")
-    if not isinstance(figures, Mapping):
-        figures = {n: v for n, v in zip(COLUMN_NAMES, figures)}
-    out = {}
-    for key, value in figures.items():
-        col = key if key in COLUMN_NAMES else _ALIASES.get(str(key).lower().replace(" ", "_").replace("(", "_")
-                                                           .replace(")", ""))
-        if col is not None:
-            out[col] = float(value)
-    return name, out
 
 
 # --------------------------------------------------------------------------- formatting
