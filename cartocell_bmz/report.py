@@ -154,7 +154,7 @@ def _save(fig, path: Path) -> Path:
 
     plt = _plt()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90, metadata={"Software": None})
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return path
 
@@ -173,7 +173,7 @@ def plot_ranking_bars(rows: Sequence[RankingRow], path: str | os.PathLike) -> Pa
     plt = _plt()
     path = Path(path)
     n = max(len(rows), 1)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(COLUMN_NAMES) + 0.25 * n * len(COLUMN_NAMES) / 2), 4.6))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(COLUMN_NAMES) + 0.12 * n * len(COLUMN_NAMES)), 4.6))
     width = 0.8 / n
     x = np.arange(len(COLUMN_NAMES))
     colours = _model_colours(sorted({r.model for r in rows}))
@@ -188,7 +188,7 @@ def plot_ranking_bars(rows: Sequence[RankingRow], path: str | os.PathLike) -> Pa
     ax.set_ylabel("mean over test images")
     ax.set_title("Ranking columns per model (higher is better)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if n > 6 else 1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=7, ncol=2 if n > 3 else 1, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -241,39 +241,55 @@ def _label_colours(n: int, seed: int) -> np.ndarray:
     return colours
 
 
-def colour_labels_like_truth(gt: np.ndarray, pred: np.ndarray, *, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """RGB images of ``gt`` and ``pred`` where a predicted cell takes its matching true cell's colour.
+def label_colour_tables(gt: np.ndarray, pred: np.ndarray, *, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Colour look-up tables where a predicted cell matched to a true cell takes its colour.
 
-    A predicted cell is drawn in the colour of the true cell that covers more than half of
-    it; other predicted cells are drawn in shades of red (likely errors). Works on any
-    array shape (e.g. a slice).
+    A predicted cell whose IoU with a true cell is at least 0.5 (the match of F1@0.5) is
+    drawn in that true cell's colour; every other predicted cell is drawn in a shade of
+    red. Compute the tables on whole volumes, then index slices with them.
+
+    Parameters
+    ----------
+    gt, pred : numpy.ndarray
+        Label arrays of the same shape (0 = background).
+    seed : int
+        Seed of the random colours (the same colours every run).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(max(gt) + 1, 3)`` and ``(max(pred) + 1, 3)`` RGB tables, row 0 black:
+        ``table[labels]`` is an RGB image.
+    """
+    gt = np.asarray(gt).astype(np.int64, copy=False)
+    pred = np.asarray(pred).astype(np.int64, copy=False)
+    gt_colours = _label_colours(int(gt.max(initial=0)), seed)
+    n_pred = int(pred.max(initial=0))
+    rng = np.random.default_rng(seed + 1)
+    pred_colours = np.stack([rng.uniform(0.65, 1.0, n_pred + 1), rng.uniform(0.0, 0.2, n_pred + 1),
+                             rng.uniform(0.0, 0.2, n_pred + 1)], 1)
+    pred_colours[0] = 0.0
+    fg = (pred > 0) & (gt > 0)
+    if fg.any():
+        pairs, inter = np.unique(np.stack([pred[fg], gt[fg]]), axis=1, return_counts=True)
+        size_p = np.bincount(pred.ravel(), minlength=n_pred + 1)
+        size_g = np.bincount(gt.ravel(), minlength=len(gt_colours))
+        iou = inter / (size_p[pairs[0]] + size_g[pairs[1]] - inter)
+        keep = iou >= 0.5
+        pred_colours[pairs[0][keep]] = gt_colours[pairs[1][keep]]
+    return gt_colours, pred_colours
+
+
+def colour_labels_like_truth(gt: np.ndarray, pred: np.ndarray, *, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """RGB images of ``gt`` and ``pred`` coloured by :func:`label_colour_tables`.
 
     Returns
     -------
     tuple of numpy.ndarray
         ``gt`` and ``pred`` as float RGB arrays of shape ``(*shape, 3)``.
     """
-    gt = np.asarray(gt).astype(np.int64)
-    pred = np.asarray(pred).astype(np.int64)
-    colours = _label_colours(int(gt.max(initial=0)), seed)
-    gt_rgb = colours[gt]
-    n_pred = int(pred.max(initial=0))
-    pred_colours = np.zeros((n_pred + 1, 3))
-    if n_pred:
-        fg = pred > 0
-        pairs = np.stack([pred[fg], gt[fg]], 1)
-        uniq, counts = np.unique(pairs, axis=0, return_counts=True)
-        size = np.bincount(pred[fg], minlength=n_pred + 1)
-        rng = np.random.default_rng(seed + 1)
-        pred_colours[1:] = np.stack([rng.uniform(0.6, 1.0, n_pred), rng.uniform(0.0, 0.25, n_pred),
-                                     rng.uniform(0.0, 0.25, n_pred)], 1)
-        best = {}
-        for (p, g), c in zip(uniq, counts):
-            if g > 0 and c * 2 > size[p] and c > best.get(p, (0, 0))[1]:
-                best[p] = (g, c)
-        for p, (g, _) in best.items():
-            pred_colours[p] = colours[g]
-    return gt_rgb, pred_colours[pred]
+    gt_colours, pred_colours = label_colour_tables(gt, pred, seed=seed)
+    return gt_colours[np.asarray(gt)], pred_colours[np.asarray(pred)]
 
 
 def plot_montage(montage: Montage, path: str | os.PathLike) -> Path:
@@ -286,11 +302,11 @@ def plot_montage(montage: Montage, path: str | os.PathLike) -> Path:
     lo, hi = np.percentile(raw, (0.5, 99.8)) if raw.size else (0, 1)
     fig, ax = plt.subplots(2, 3, figsize=(9, 3.2 + 3.2 * min(1.0, raw.shape[0] * aspect / raw.shape[1])),
                            gridspec_kw={"height_ratios": [raw.shape[1], raw.shape[0] * aspect]})
+    gt_colours, pred_colours = label_colour_tables(gt, pred)  # matched in 3D, not per slice
     for row, (sl, asp) in enumerate((((z,), 1.0), ((slice(None), y), aspect))):
-        gt_rgb, pred_rgb = colour_labels_like_truth(gt[sl], pred[sl])
         ax[row, 0].imshow(raw[sl], cmap="gray", vmin=lo, vmax=hi, aspect=asp, interpolation="nearest")
-        ax[row, 1].imshow(gt_rgb, aspect=asp, interpolation="nearest")
-        ax[row, 2].imshow(pred_rgb, aspect=asp, interpolation="nearest")
+        ax[row, 1].imshow(gt_colours[gt[sl]], aspect=asp, interpolation="nearest")
+        ax[row, 2].imshow(pred_colours[pred[sl]], aspect=asp, interpolation="nearest")
     titles = ("raw", f"ground truth ({len(np.unique(gt)) - (gt.min() == 0)} cells)",
               f"prediction ({len(np.unique(pred)) - (pred.min() == 0)} cells)")
     for a, t in zip(ax[0], titles):
@@ -302,7 +318,7 @@ def plot_montage(montage: Montage, path: str | os.PathLike) -> Path:
         a.set_yticks([])
     fig.suptitle(f"{montage.model} on {montage.image}" + (f" — {montage.caption}" if montage.caption else ""),
                  fontsize=10)
-    fig.text(0.5, 0.01, "predicted cells take the colour of the true cell covering most of them; red: no match",
+    fig.text(0.5, 0.01, "a predicted cell matched to a true cell (3D IoU >= 0.5) takes its colour; red: unmatched",
              ha="center", fontsize=7, color="0.35")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return _save(fig, path)
