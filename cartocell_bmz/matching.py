@@ -221,7 +221,7 @@ def match(
     >>> [(r.threshold, r.tp, r.fp, r.fn) for r in match(gt, (gt == 1).astype(np.uint8) * 9)]
     [(0.3, 1, 0, 1), (0.5, 1, 0, 1), (0.75, 1, 0, 1)]
     """
-    thrs = _check_thresholds(thresholds)
+    thrs = check_thresholds(thresholds)
     ov = overlap(y_true, y_pred)
     iou = ov.iou()
     assignments = _assign(ov, iou, thrs)
@@ -279,10 +279,8 @@ def overlap(y_true: np.ndarray, y_pred: np.ndarray) -> Overlap:
     )
 
 
-# --------------------------------------------------------------------------- internals
-
-
-def _check_thresholds(thresholds: float | Iterable[float]) -> tuple[float, ...]:
+def check_thresholds(thresholds: float | Iterable[float]) -> tuple[float, ...]:
+    """IoU thresholds as a tuple of floats in ``(0, 1]``, or :class:`ConfigError` naming the bad one."""
     if np.isscalar(thresholds):
         thresholds = (thresholds,)
     try:
@@ -295,6 +293,9 @@ def _check_thresholds(thresholds: float | Iterable[float]) -> tuple[float, ...]:
     if bad:
         raise ConfigError(f"IoU threshold {bad[0]:g} is outside (0, 1]; use values such as 0.3 0.5 0.75.")
     return thrs
+
+
+# --------------------------------------------------------------------------- internals
 
 
 def _check_labels(y: np.ndarray, what: str) -> np.ndarray:
