@@ -217,28 +217,11 @@ def list_test_images(test_dir: str | os.PathLike) -> list[BenchImage]:
 # --------------------------------------------------------------------------- models
 
 
-def default_package_dir() -> Path:
-    """``model_packages/`` of the current folder, else of the source checkout."""
-    here = Path.cwd() / "model_packages"
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parents[1] / "model_packages"
+def list_local_packages() -> list[str]:
+    """Names of the packages in ``model_packages/`` (see :func:`cartocell_bmz.resolve.local_packages`), sorted."""
+    from cartocell_bmz.resolve import local_packages
 
-
-def list_local_packages(folder: str | os.PathLike | None = None) -> list[str]:
-    """Names of the packages in ``model_packages/`` (folders with an rdf.yaml, or zips), sorted."""
-    folder = Path(folder) if folder is not None else default_package_dir()
-    if not folder.is_dir():
-        return []
-    names = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.is_dir() and any((p / f).is_file() for f in ("rdf.yaml", "bioimageio.yaml")):
-            names.append(p.name)
-        elif p.is_file() and p.suffix == ".zip":
-            names.append(p.stem)
-    return names
+    return sorted(local_packages())
 
 
 def published_model_ids() -> list[str]:
@@ -264,8 +247,10 @@ def expand_model_values(values: Sequence[str] | None) -> list[str]:
     if not items:
         items = list_local_packages()
         if not items:
+            from cartocell_bmz.resolve import model_packages_dir
+
             raise ConfigError(
-                f"{default_package_dir()}: no model packages found; build some (cartocell-bmz package) "
+                f"{model_packages_dir()}: no model packages found; build some (cartocell-bmz package) "
                 "or name models with --models."
             )
     out: list[str] = []

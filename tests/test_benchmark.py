@@ -25,11 +25,9 @@ from cartocell_bmz.layout import PROBS_DIR, VORONOI_DIR
 
 
 def _targets(labels: np.ndarray) -> np.ndarray:
-    from skimage.segmentation import find_boundaries
+    from cartocell_bmz.targets import make_targets
 
-    contours = find_boundaries(labels, connectivity=1, mode="inner") & (labels > 0)
-    body = (labels > 0) & ~contours
-    return np.stack([body, contours, labels > 0]).astype(np.float32)
+    return make_targets(labels).astype(np.float32)
 
 
 def fake_predict(task: bm.Task) -> None:
@@ -286,7 +284,9 @@ def test_models_values_expand_published_and_split_commas():
 
 
 def test_no_local_packages_and_no_models_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    from cartocell_bmz.resolve import MODEL_PACKAGES_ENV
+
+    monkeypatch.setenv(MODEL_PACKAGES_ENV, str(tmp_path / "model_packages"))
     (tmp_path / "model_packages").mkdir()
     with pytest.raises(ConfigError, match="no model packages found"):
         bm.expand_model_values(None)

@@ -33,20 +33,28 @@ def command(
     ),
     device: str = typer.Option("cpu", "--device", help="Device of the predictions: cpu, cuda or auto."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute every output instead of reusing them."),
+    trust: bool = typer.Option(
+        False, "--trust", help="Do not show the notice about the code a package from outside model_packages/ runs."
+    ),
 ) -> None:
     """Rank models on a test set: predict, post-process and evaluate every model on every image.
 
-    Writes OUT/<model>/ (predictions and per-image metrics), OUT/ranking.csv, ranking.md,
-    ranking.json, per_image.csv, plots/*.png and report.html (opens offline). Models are
-    ranked by the mean of IoU B, IoU C, IoU M, F1@0.5, PQ@0.5, MTS@0.5, F1@0.75 and
-    PQ@0.75 (each averaged over test images); equal scores share a rank. Finished
-    outputs are reused, so a rerun only computes what is missing.
+    Writes OUT/<model>/ (predictions, per-image metrics), OUT/ranking.csv,
+    ranking.md, ranking.json, per_image.csv, plots/*.png and report.html
+    (opens offline). Models are ranked by the mean of IoU B, IoU C, IoU M,
+    F1@0.5, PQ@0.5, MTS@0.5, F1@0.75 and PQ@0.75, each averaged over test
+    images; equal scores share a rank. Finished outputs are reused, so a
+    rerun only computes what is missing.
     """
+    import functools
+
     from cartocell_bmz.benchmark import run_benchmark
+    from cartocell_bmz.resolve import resolve_model
 
     result = run_benchmark(
         models, test, out, published=published, scheduler=scheduler, workers=workers,
-        overwrite=overwrite, device=device, show_progress=True,
+        overwrite=overwrite, device=device, resolver=functools.partial(resolve_model, trust=trust),
+        show_progress=True,
     )
     _print_table(result)
 
