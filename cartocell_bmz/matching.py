@@ -25,8 +25,8 @@ id order); mean_matched_score and panoptic_quality divide that sum in
 
 What differs is the cost: the overlap is counted in one pass over the voxels
 that are foreground in either volume, with label ids compacted first, so label
-ids may be non-sequential and as large as the dtype allows without any array of
-the size of the largest id; all thresholds share that one count.  Problems
+ids may be non-sequential and as large as 2**63 - 1 without any array of the
+size of the largest id; all thresholds share that one count.  Problems
 with up to 4 million object pairs are solved on the dense IoU matrix exactly as
 StarDist does; larger ones are split into the connected groups of overlapping
 objects, which gives an optimum of the same problem.
@@ -232,8 +232,8 @@ def overlap(y_true: np.ndarray, y_pred: np.ndarray) -> Overlap:
     """Count the voxels shared by every pair of ground-truth and predicted objects.
 
     One pass over the voxels that are foreground in either volume; ids are
-    compacted first (lookup table for ids up to ~4 million, a sort beyond), so
-    huge or sparse ids cost no memory.
+    compacted first (a lookup table for ids up to about 4 million, a sort
+    beyond), so memory never grows with the size of the largest id.
 
     Parameters
     ----------
