@@ -103,7 +103,7 @@ def make_targets(labels: np.ndarray, mode: str = "cartocell") -> np.ndarray:
     >>> lab = np.zeros((3, 3, 4), np.uint16); lab[:, :, :2] = 1; lab[:, :, 2:] = 2
     >>> t = make_targets(lab)
     >>> t.shape, t.dtype.name, t[:, 1, 1].tolist()
-    ((3, 3, 3, 4), 'uint8', [[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
+    ((3, 3, 3, 4), 'uint8', [[1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 1, 1]])
     >>> make_targets(lab, mode="biapy37")[0, 1, 1].tolist()
     [1, 1, 1, 1]
     """

@@ -1,0 +1,280 @@
+"""Benchmark: post-processing (watershed by channels + Voronoi) of cartocell-bmz vs BiaPy 3.7.1.
+
+Both run on the same synthetic probabilities, each in its own fresh process (ours in
+the project's environment, BiaPy's through ``biapy_postprocess_driver.py`` in
+BiaPy's own virtual environment), one after the other, with the same thread limits.
+For each step the table gives wall-clock time and peak memory (rise of the peak
+resident set size above the resident size before the step, inputs already loaded),
+the ratios BiaPy / ours, and how the segmentations agree: F1@0.5 of each against the
+ground truth, of ours against BiaPy's, and the share of the lumen each Voronoi fills.
+
+Synthetic data: a cyst-like shell (ellipsoid, one layer of radial cells from a
+spherical Voronoi of jittered points) of the requested size and cell count, its
+B, C, M targets (:func:`cartocell_bmz.targets.make_targets`), blurred (Gaussian,
+``--blur`` micrometres) with Gaussian noise (``--noise``), clipped to [0, 1].
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_postprocess.py            # 128 x 384 x 384, 400 cells
+    .venv/bin/python benchmarks/bench_postprocess.py --quick    # 48 x 128 x 128, 60 cells
+    .venv/bin/python benchmarks/bench_postprocess.py --size 64 256 256 --cells 200 --markdown
+
+BiaPy's environment defaults to ``.biapy-venv`` beside this folder (``--biapy-python``);
+``--no-biapy`` runs ours only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_BIAPY_PYTHON = ROOT / ".biapy-venv" / "bin" / "python"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def fast_cyst_labels(shape, spacing, n_cells: int, seed: int = 0) -> np.ndarray:
+    """A cyst-like shell of ``n_cells`` radial cells, fast enough for large volumes.
+
+    An ellipsoidal shell (semi-axes 42% of the extent, thickness 22% of the smallest
+    semi-axis but at least 8 voxels) cut into cells by a spherical Voronoi of jittered Fibonacci points.
+    Returns ``uint16`` labels ``1..n`` (0 = background and lumen).
+    """
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in shape)
+    spacing = np.asarray(spacing, float)
+    extent = np.asarray(shape) * spacing
+    semi = 0.42 * extent * rng.uniform(0.93, 1.0, 3)
+    centre = extent / 2
+    thickness = max(0.22 * semi.min(), 8 * spacing.max())
+    inner = 1.0 - thickness / semi.mean()
+    axes = [((np.arange(n, dtype=np.float32) + 0.5) * s - c) / a for n, s, c, a in zip(shape, spacing, centre, semi)]
+    r2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
+    shell = (r2 <= 1.0) & (r2 >= inner**2)
+    del r2
+    idx = np.flatnonzero(shell)
+    del shell
+    z, y, x = np.unravel_index(idx, shape)
+    u = np.stack([axes[0][z], axes[1][y], axes[2][x]], 1)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    i = np.arange(n_cells) + 0.5
+    phi = np.arccos(1 - 2 * i / n_cells)
+    theta = np.pi * (1 + 5**0.5) * i
+    pts = np.stack([np.cos(phi), np.sin(phi) * np.sin(theta), np.sin(phi) * np.cos(theta)], 1)
+    pts += rng.normal(scale=0.25 * np.sqrt(4 * np.pi / n_cells), size=pts.shape)
+    pts /= np.linalg.norm(pts, axis=1, keepdims=True)
+    _, owner = cKDTree(pts).query(u, k=1, workers=-1)
+    labels = np.zeros(shape, np.uint16)
+    labels.flat[idx] = owner.astype(np.uint16) + 1
+    # Drop ids no voxel took and make them sequential.
+    present = np.zeros(n_cells + 2, bool)
+    present[labels.flat[idx]] = True
+    lut = np.zeros(n_cells + 2, np.uint16)
+    lut[present] = np.arange(1, int(present.sum()) + 1, dtype=np.uint16)
+    labels.flat[idx] = lut[labels.flat[idx]]
+    return labels
+
+
+def synthetic_probabilities(labels, spacing, blur_um: float = 0.5, noise: float = 0.1, seed: int = 0) -> np.ndarray:
+    """B, C, M targets of ``labels``, blurred (sigma in micrometres), noisy, clipped: float32 (3, Z, Y, X)."""
+    from scipy import ndimage as ndi
+
+    from cartocell_bmz.targets import make_targets
+
+    rng = np.random.default_rng(seed)
+    targets = make_targets(labels)
+    out = np.empty(targets.shape, np.float32)
+    sigma = [blur_um / s for s in spacing]
+    for ch in range(3):
+        ndi.gaussian_filter(targets[ch].astype(np.float32), sigma=sigma, output=out[ch])
+        if noise:
+            out[ch] += rng.standard_normal(out[ch].shape, dtype=np.float32) * np.float32(noise)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _run_ours(probs_path: Path, out_dir: Path, spacing, smooth: bool) -> dict:
+    """Child process: our watershed and Voronoi, timed and measured like BiaPy's driver."""
+    sys.path.insert(0, str(HERE))
+    from biapy_postprocess_driver import measure
+
+    from cartocell_bmz.postprocess import PostprocessConfig, voronoi_on_mask, watershed_by_channels
+
+    probs = np.load(probs_path)
+    config = PostprocessConfig(smooth=smooth)
+    # Warm-up on a tiny volume: imports (done at import time in BiaPy's module) are not timed.
+    tiny = np.zeros((3, 8, 8, 8), np.float32)
+    tiny[:, 2:6, 2:6, 2:6] = 1
+    voronoi_on_mask(watershed_by_channels(tiny, config=config, spacing=spacing), tiny[2], spacing=spacing)
+    labels, t_ws, m_ws = measure(watershed_by_channels, probs, config=config, spacing=spacing)
+    voronoi, t_vor, m_vor = measure(
+        voronoi_on_mask, labels, probs[2], threshold=config.mask_threshold, spacing=spacing,
+        max_hole_size=config.max_hole_size,
+    )
+    tag = "ours_smooth" if smooth else "ours"
+    np.save(out_dir / f"{tag}_instances.npy", labels)
+    np.save(out_dir / f"{tag}_voronoi.npy", voronoi)
+    return {"watershed_s": t_ws, "watershed_mib": m_ws, "voronoi_s": t_vor, "voronoi_mib": m_vor}
+
+
+def _child(cmd: list[str], env: dict) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:2])} failed:\n{proc.stderr.strip()[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def f1_at(a: np.ndarray, b: np.ndarray, threshold: float = 0.5) -> float:
+    from cartocell_bmz.matching import match
+
+    return float(match(a, b, thresholds=(threshold,))[0].f1)
+
+
+def lumen_mask(labels: np.ndarray, margin: int = 2) -> np.ndarray:
+    """The lumen (background enclosed by the cells) less ``margin`` voxels next to the cells."""
+    from scipy import ndimage as ndi
+
+    lumen = ndi.binary_fill_holes(labels > 0) & (labels == 0)
+    return ndi.binary_erosion(lumen, iterations=margin)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, nargs=3, default=(128, 384, 384), metavar=("Z", "Y", "X"))
+    parser.add_argument("--cells", type=int, default=400)
+    parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 0.5, 0.5), metavar=("Z", "Y", "X"))
+    parser.add_argument("--blur", type=float, default=0.5, help="Gaussian blur sigma in micrometres")
+    parser.add_argument("--noise", type=float, default=0.1, help="standard deviation of the added noise")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="small volume (48 x 128 x 128, 60 cells)")
+    parser.add_argument("--threads", type=int, default=2, help="thread limit of both children")
+    parser.add_argument("--biapy-python", type=Path, default=DEFAULT_BIAPY_PYTHON)
+    parser.add_argument("--no-biapy", action="store_true")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    parser.add_argument("--child", choices=["ours", "ours_smooth"], help=argparse.SUPPRESS)
+    parser.add_argument("--probs", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    spacing = tuple(args.spacing)
+
+    if args.child:
+        print(json.dumps(_run_ours(args.probs, args.out, spacing, smooth=args.child == "ours_smooth")))
+        return 0
+    if args.quick:
+        args.size, args.cells = (48, 128, 128), 60
+
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        env[var] = str(args.threads)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+
+    t0 = time.perf_counter()
+    gt = fast_cyst_labels(args.size, spacing, args.cells, seed=args.seed)
+    probs = synthetic_probabilities(gt, spacing, args.blur, args.noise, seed=args.seed)
+    print(
+        f"synthetic cyst {tuple(args.size)} spacing {spacing}: {int(gt.max())} cells, "
+        f"blur {args.blur} um, noise {args.noise} (made in {time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_postprocess_") as tmp:
+        tmp = Path(tmp)
+        probs_path = tmp / "probs.npy"
+        np.save(probs_path, probs)
+        del probs
+        me = [sys.executable, str(Path(__file__).resolve()), "--probs", str(probs_path), "--out", str(tmp),
+              "--spacing", *map(str, spacing)]
+        runs = [("ours", me + ["--child", "ours"]), ("ours, smoothed", me + ["--child", "ours_smooth"])]
+        if not args.no_biapy:
+            if not Path(args.biapy_python).exists():
+                raise SystemExit(f"{args.biapy_python}: BiaPy's Python not found; pass --biapy-python or --no-biapy.")
+            runs.append(("BiaPy 3.7.1", [str(args.biapy_python), str(HERE / "biapy_postprocess_driver.py"),
+                                         str(probs_path), str(tmp)]))
+        for name, cmd in runs:
+            results[name] = _child(cmd, env)
+            print(f"  ran {name}", flush=True)
+        files = {"ours": "ours", "ours, smoothed": "ours_smooth", "BiaPy 3.7.1": "biapy"}
+        segs = {name: (np.load(tmp / f"{files[name]}_instances.npy"), np.load(tmp / f"{files[name]}_voronoi.npy"))
+                for name in results}
+
+    lumen = lumen_mask(gt)
+    rows = []
+    for name, r in results.items():
+        inst, vor = segs[name]
+        rows.append({
+            "name": name, **r, "total_s": r["watershed_s"] + r["voronoi_s"],
+            "peak_mib": max(r["watershed_mib"], r["voronoi_mib"]),
+            "f1_ws": f1_at(gt, inst), "f1_vor": f1_at(gt, vor),
+            "lumen": float((vor[lumen] > 0).mean()) if lumen.any() else 0.0,
+            "n_ws": int(len(np.unique(inst)) - 1), "n_vor": int(len(np.unique(vor)) - 1),
+        })
+    agreement = {}
+    if "BiaPy 3.7.1" in segs:
+        b_inst, b_vor = segs["BiaPy 3.7.1"]
+        for name in ("ours", "ours, smoothed"):
+            agreement[name] = (f1_at(b_inst, segs[name][0]), f1_at(b_vor, segs[name][1]))
+    _print_table(rows, agreement, markdown=False)
+    if args.markdown:
+        print()
+        _print_table(rows, agreement, markdown=True, header=(
+            f"{tuple(args.size)} voxels, spacing {spacing} um, {int(gt.max())} cells, "
+            f"blur {args.blur} um, noise {args.noise}, {args.threads} threads"))
+    return 0
+
+
+def _print_table(rows, agreement, markdown: bool, header: str = "") -> None:
+    biapy = next((r for r in rows if r["name"].startswith("BiaPy")), None)
+    cols = ["", "watershed s", "Voronoi s", "total s", "peak MiB (ws / Vor)", "speed-up", "memory ratio",
+            "cells ws / Vor", "F1@0.5 vs GT ws / Vor", "F1@0.5 vs BiaPy ws / Vor", "lumen labelled"]
+    lines = []
+    for r in rows:
+        ratio = mem = agree = "-"
+        if biapy is not None and r is not biapy:
+            ratio = f"{biapy['total_s'] / r['total_s']:.1f}x"
+            mem = f"{r['peak_mib'] / max(biapy['peak_mib'], 1e-9):.2f}"
+        if r["name"] in agreement:
+            a, b = agreement[r["name"]]
+            agree = f"{a:.3f} / {b:.3f}"
+        lines.append([
+            r["name"], f"{r['watershed_s']:.2f}", f"{r['voronoi_s']:.2f}", f"{r['total_s']:.2f}",
+            f"{r['watershed_mib']:.0f} / {r['voronoi_mib']:.0f}", ratio, mem,
+            f"{r['n_ws']} / {r['n_vor']}", f"{r['f1_ws']:.3f} / {r['f1_vor']:.3f}", agree, f"{100 * r['lumen']:.1f}%",
+        ])
+    if markdown:
+        if header:
+            print(f"_{header}_\n")
+        print("| " + " | ".join(cols) + " |")
+        print("|" + "|".join("---" for _ in cols) + "|")
+        for line in lines:
+            print("| " + " | ".join(line) + " |")
+        return
+    widths = [max(len(str(x)) for x in col) for col in zip(cols, *lines)]
+    for line in [cols] + lines:
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+    print("speed-up = BiaPy total time / ours; memory ratio = our peak / BiaPy's peak (lower is better).")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
