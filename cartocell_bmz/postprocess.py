@@ -249,14 +249,13 @@ def _neighbour_offsets(shape: Sequence[int]) -> np.ndarray:
 
 def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
     """Bounding box of the True voxels, or None when there are none."""
-    out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        if hit.size == 0:
-            return None
-        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(out)  # type: ignore[return-value]
+    z = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if z.size == 0:
+        return None
+    plane = mask[z[0] : z[-1] + 1].any(axis=0)
+    y = np.flatnonzero(plane.any(axis=1))
+    x = np.flatnonzero(plane.any(axis=0))
+    return (slice(int(z[0]), int(z[-1]) + 1), slice(int(y[0]), int(y[-1]) + 1), slice(int(x[0]), int(x[-1]) + 1))
 
 
 def _label_dtype(n: int):
@@ -352,6 +351,14 @@ def watershed_by_channels(
     n = ndi.label(seeds, structure=ndi.generate_binary_structure(3, 1), output=labels)
     flat = labels.reshape(-1)
     seed_idx = np.flatnonzero(seeds)
+    # Only seed voxels with a free growth neighbour start the flood.
+    edge = np.zeros(pshape, bool)
+    for axis in range(3):
+        lo_, hi_ = [slice(None)] * 3, [slice(None)] * 3
+        lo_[axis], hi_[axis] = slice(0, -1), slice(1, None)
+        lo_, hi_ = tuple(lo_), tuple(hi_)
+        edge[lo_] |= growth[hi_] & ~seeds[hi_]
+        edge[hi_] |= growth[lo_] & ~seeds[lo_]
     del seeds
     if n:
         ids = flat[seed_idx]
@@ -367,7 +374,9 @@ def watershed_by_channels(
     if n:
         free = growth.reshape(-1)
         free[seed_idx] = False  # growth voxels still to flood
-        _flood(flat, free, level.reshape(-1), seed_idx, _neighbour_offsets(pshape))
+        start = seed_idx[edge.reshape(-1)[seed_idx]]
+        del edge
+        _flood(flat, free, level.reshape(-1), start, _neighbour_offsets(pshape))
     return labels[inner].astype(_label_dtype(n))
 
 
@@ -517,7 +526,10 @@ def voronoi_on_mask(
     if box is None:
         return result
     territory = territory[box]
-    cells = instances[box].astype(out_dtype, copy=True)
+    work_dtype = out_dtype
+    if instances.size and np.iinfo(out_dtype).max <= np.iinfo(np.uint32).max and instances.max() == np.iinfo(out_dtype).max:
+        work_dtype = np.uint64 if out_dtype == np.uint32 else np.uint32  # keep the top value free as "no cell"
+    cells = instances[box].astype(work_dtype, copy=True)
     cells[~territory] = 0
     voxel_volume = float(np.prod(spacing))
     structure = ndi.generate_binary_structure(3, 1)
@@ -544,7 +556,7 @@ def voronoi_on_mask(
             cells_flat[unknown_idx] = _nearest_labels(
                 cells_flat, comp_flat if n_live > 1 else None, unknown_idx, territory.shape, spacing
             )
-    result[box] = cells
+    result[box] = cells  # same values, back in the output type
     if clear_border:
         _clear_border(result)
     return result

@@ -281,6 +281,14 @@ def test_voronoi_ties_go_to_the_smaller_label():
     assert voronoi_on_mask(line([2, 0, 0, 0, 1]), m, threshold=0.5)[0, 0].tolist() == [2, 2, 1, 1, 1]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_voronoi_handles_the_largest_label_of_the_type(dtype):
+    top = np.iinfo(dtype).max
+    m = np.ones((1, 1, 6), np.float32)
+    out = voronoi_on_mask(np.asarray([[[top, 0, 0, 0, 0, 1]]], dtype), m, threshold=0.5)
+    assert out.dtype == dtype and out[0, 0].tolist() == [top, top, top, 1, 1, 1]
+
+
 def test_voronoi_measures_distance_in_micrometres():
     # Cell 1 lies 2 voxels away along z, cell 2 three voxels away along x.
     lab = np.zeros((5, 1, 7), np.uint16)
