@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -276,7 +277,7 @@ def _check_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     """Check and normalise the shared constructor arguments (raises ValueError)."""
 
     def _int(key: str, value: Any, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or int(value) != value or value < minimum:
             raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
         return int(value)
 
@@ -302,12 +303,12 @@ def _check_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"normalization must be 'bn', 'in' or 'none', got {kw['normalization']!r}")
     out["normalization"] = str(kw["normalization"])
     dr = kw["dropout"]
-    if isinstance(dr, (int, float)) and not isinstance(dr, bool):
+    if isinstance(dr, numbers.Real) and not isinstance(dr, bool):
         dr = [float(dr)] * depth
     if isinstance(dr, (str, bytes)) or not hasattr(dr, "__len__") or len(dr) != depth:
         raise ValueError(f"dropout must be a float or one value per level ({depth}), got {dr!r}")
     for d in dr:
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0 or math.isnan(d):
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0.0 <= d < 1.0 or math.isnan(d):
             raise ValueError(f"dropout values must lie in [0, 1), got {d!r}")
     out["dropout"] = [float(d) for d in dr]
     if kw["activation"] not in ("elu", "relu"):
