@@ -669,8 +669,49 @@ def _nearest_labels(cells_flat, comp_flat, unknown_idx, shape, spacing) -> np.nd
             out[act[found]] = best[found]
             found_all.append(~found)
         active = active[np.concatenate(found_all)]
-    if active.size:
+    if active.size > WINDOW_SEARCH_MAX:
         out[active] = _nearest_by_tree(cells_flat, comp_flat, p[active], shape, spacing)
+    elif active.size:
+        radius = float(np.sqrt((((reach + 1) * np.asarray(spacing)) ** 2).min()))
+        out[active] = _nearest_by_window(cells_flat, comp_flat, p[active], shape, spacing, radius)
+    return out
+
+
+#: Up to this many voxels left after the ring search are solved one by one in growing
+#: windows; more use a KD-tree of all the cells' surface voxels.
+WINDOW_SEARCH_MAX = 2000
+
+
+def _nearest_by_window(cells_flat, comp_flat, points, shape, spacing, radius: float) -> np.ndarray:
+    """Exact nearest cell for a few voxels: search a box around each, doubling it until a cell lies within reach."""
+    cells = cells_flat.reshape(shape)
+    comp = comp_flat.reshape(shape) if comp_flat is not None else None
+    sp = np.asarray(spacing, float)
+    size = np.asarray(shape)
+    out = np.zeros(points.size, cells_flat.dtype)
+    for i, (pz, py, px) in enumerate(np.stack(np.unravel_index(points, shape), 1)):
+        centre = np.array([pz, py, px])
+        r = max(radius, float(sp.max()))
+        while True:
+            half = np.ceil(r / sp).astype(int)
+            lo = np.maximum(centre - half, 0)
+            hi = np.minimum(centre + half + 1, size)
+            box = tuple(slice(a, b) for a, b in zip(lo, hi))
+            sub = cells[box]
+            hit = sub > 0
+            if comp is not None:
+                hit &= comp[box] == comp[pz, py, px]
+            whole = bool((lo == 0).all() and (hi == size).all())
+            if hit.any():
+                where = np.argwhere(hit)
+                d2 = ((((where + lo) - centre) * sp) ** 2).sum(1)
+                best = d2.min()
+                if best <= r * r or whole:
+                    out[i] = sub[tuple(where[d2 <= best * (1 + 1e-9) + 1e-12].T)].min()
+                    break
+            elif whole:
+                break
+            r *= 2
     return out
 
 

@@ -422,7 +422,24 @@ def voronoi_cases(draw):
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(voronoi_cases())
 def test_voronoi_properties(case):
-    inst, territory, spacing = case
+    check_voronoi_properties(*case)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(voronoi_cases())
+def test_voronoi_properties_with_the_kd_tree_search(case):
+    """Voxels far from every cell: the KD-tree search (used when many are left) gives the same."""
+    import cartocell_bmz.postprocess as pp
+
+    saved = pp.WINDOW_SEARCH_MAX
+    pp.WINDOW_SEARCH_MAX = 0
+    try:
+        check_voronoi_properties(*case)
+    finally:
+        pp.WINDOW_SEARCH_MAX = saved
+
+
+def check_voronoi_properties(inst, territory, spacing):
     out = voronoi_on_mask(inst, territory.astype(np.float32), threshold=0.5, spacing=spacing, max_hole_size=0)
     assert out.shape == inst.shape and out.dtype == np.uint16
     # No label outside the territory.
