@@ -3,7 +3,7 @@
 Two pure functions on arrays and one that chains them:
 
 * :func:`watershed_by_channels` -- marker-controlled watershed.  Seeds are
-  ``(B > tB) & (C < tC)`` labelled with 6-connectivity, seeds of at most
+  ``(B > tB) & (C < tC)`` inside the growth mask, labelled with 6-connectivity, seeds of at most
   ``min_seed_size`` voxels are dropped; the seeds flood the surface ``-B``
   (optionally smoothed, as BiaPy 3.7 does) with 6-connectivity inside the growth
   mask ``B > tG``.  "auto" thresholds are Otsu's over the whole volume
@@ -282,7 +282,8 @@ def watershed_by_channels(
         (Otsu thresholds).
     spacing : sequence of 3 floats
         Voxel size ``(z, y, x)`` in micrometres; used by ``smooth`` (the Gaussian has
-        the same physical width along every axis).
+        the same physical width along every axis).  Seeds, flooding and
+        ``min_seed_size`` work on voxels and face neighbours, as in BiaPy.
 
     Returns
     -------
