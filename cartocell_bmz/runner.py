@@ -50,10 +50,11 @@ from cartocell_bmz.tiling import TilePlan, accumulate, extract_tile, plan_tiles
 
 #: Default tile (z, y, x) for models with parameterised sizes (about 0.5 M voxels).
 DEFAULT_TILE: tuple[int, int, int] = (32, 128, 128)
-#: Voxels dropped where tiles meet, beyond what the output halo already drops.
-DEFAULT_MARGIN = 4
-#: Width of the blending ramp between neighbouring tiles.
-DEFAULT_OVERLAP = 8
+#: Largest change of a probability that tile edges may cause after blending; margins
+#: and overlaps are chosen to meet it (half the 0.01 the project promises).
+EDGE_TOLERANCE = 0.005
+#: Blending ramp widths tried when margins are measured.
+_OVERLAPS: tuple[int, ...] = (0, 2, 4, 6, 8, 12, 16)
 #: Weight formats this runner can use (both through bioimageio.core's torch backends).
 WEIGHT_FORMATS: tuple[str, ...] = ("pytorch_state_dict", "torchscript")
 
@@ -257,6 +258,159 @@ def _pick_device(device: str | None) -> str:
     raise ConfigError(f"--device {device!r}: use auto, cpu, cuda or cuda:N.")
 
 
+# --------------------------------------------------------------------------- edge margins
+
+
+@dataclass(frozen=True)
+class EdgeMargins:
+    """Margins and blending ramps of a model's tiles, and how they were chosen.
+
+    Attributes
+    ----------
+    tile : tuple of int
+        Tile the margins are for.
+    margin : tuple of int
+        Voxels dropped at each side where tiles meet (the package's halo included).
+    overlap : tuple of int
+        Width of the blending ramp beyond the margins.
+    error : tuple of float
+        Largest expected change of a probability caused by tile edges after
+        blending, per axis (``nan`` where not measured).
+    profiles : tuple of tuple of float
+        Per axis, the measured largest probability change at distance
+        ``0, 1, 2, ...`` from a tile edge (empty where not measured).
+    measured : bool
+        Whether the margins were measured (else given by the user).
+    floor : tuple of float
+        Per axis, the part of the difference between two tiles that does not
+        fade with the distance from their edges (the smallest difference over
+        the farther half of the profile).  Margins cannot remove it: it comes
+        from layers that pool over the whole tile, such as the
+        squeeze-and-excitation blocks of SE U-Net, ResUNet-SE and ResUNet++,
+        whose output depends on the tile (and differs from a whole-volume
+        prediction) by about this much.
+    """
+
+    tile: tuple[int, int, int]
+    margin: tuple[int, int, int]
+    overlap: tuple[int, int, int]
+    error: tuple[float, float, float]
+    profiles: tuple[tuple[float, ...], ...] = ((), (), ())
+    measured: bool = True
+    floor: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @property
+    def met(self) -> bool:
+        """Whether every measured axis meets :data:`EDGE_TOLERANCE`."""
+        return all(not (e > EDGE_TOLERANCE) for e in self.error)
+
+
+def probe_texture(shape: Sequence[int], seed: int = 0, spacing: Sequence[float] = (1.0, 0.5, 0.5),
+                  cell_size: float = 6.0) -> np.ndarray:
+    """A membrane-like test image filling ``shape``: the walls of random cells, blurred and noisy.
+
+    Used to measure how far into a tile its edges change a model's output.
+    Unlike a cyst, cell walls fill the whole volume, so every part of the
+    tile carries signal.
+
+    Examples
+    --------
+    >>> t = probe_texture((8, 32, 32))
+    >>> t.shape, t.dtype.name, bool(t.std() > 0)
+    ((8, 32, 32), 'float32', True)
+    """
+    from scipy.ndimage import gaussian_filter
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in shape)
+    spacing_a = np.asarray(spacing, np.float64)
+    extent = np.asarray(shape) * spacing_a
+    n = max(4, int(np.prod(extent) / cell_size**3 * 2))
+    seeds = rng.uniform(0, 1, size=(n, 3)) * extent
+    grid = np.stack(np.meshgrid(*[(np.arange(s) + 0.5) * sp for s, sp in zip(shape, spacing_a)], indexing="ij"), -1)
+    dist, _ = cKDTree(seeds).query(grid.reshape(-1, 3), k=2)
+    gap = (dist[:, 1] - dist[:, 0]).reshape(shape)
+    wall = np.exp(-(gap / 0.6) ** 2)
+    image = gaussian_filter(wall, sigma=(0.8, 0.6, 0.6)) * 800 + 100
+    image += rng.normal(0, 25, size=shape)
+    return image.astype(np.float32)
+
+
+def envelope(profile: Sequence[float]) -> np.ndarray:
+    """Largest value at each distance and beyond (reverse running maximum).
+
+    Examples
+    --------
+    >>> envelope([0.5, 0.1, 0.2, 0.0]).tolist()
+    [0.5, 0.2, 0.2, 0.0]
+    """
+    p = np.asarray(profile, np.float64)
+    return np.maximum.accumulate(p[::-1])[::-1] if p.size else p
+
+
+def blended_edge_error(profile: Sequence[float], tile: int, margin: int, overlap: int, align: int) -> tuple[int, float]:
+    """Stride and largest expected error of tiles with ``margin`` and ``overlap``.
+
+    Three tiles in a row are blended as :mod:`cartocell_bmz.tiling` does; a
+    tile's error at distance ``d`` from its nearest edge is the envelope of the
+    measured ``profile`` (its last value beyond its end).
+
+    Returns
+    -------
+    stride, error : int, float
+        ``stride`` 0 when the tile keeps nothing.
+    """
+    from cartocell_bmz.tiling import axis_tiling
+
+    stride = (tile - 2 * margin - overlap) // align * align
+    if stride < align:
+        return 0, float("inf")
+    env = envelope(profile)
+    if env.size == 0:
+        return stride, float("nan")
+    axis = axis_tiling(2 * stride + tile, tile, margin=margin, overlap=overlap, align=align)
+    pos = np.arange(axis.starts[1], axis.starts[1] + tile)
+    total = np.zeros(pos.size)
+    for start, w in zip(axis.starts, axis.weights):
+        rel = pos - start
+        inside = (rel >= 0) & (rel < tile)
+        d = np.minimum(rel, tile - 1 - rel)[inside]
+        total[inside] += w[rel[inside]] * env[np.minimum(d, env.size - 1)]
+    return stride, float(total.max())
+
+
+def choose_margin(profile: Sequence[float], tile: int, align: int, minimum: int = 0,
+                  tolerance: float = EDGE_TOLERANCE) -> tuple[int, int, float]:
+    """Margin and overlap with the largest stride whose blended edge error meets ``tolerance``.
+
+    Falls back to the smallest achievable error when none meets it.
+
+    Examples
+    --------
+    >>> prof = [0.9, 0.5, 0.2, 0.05, 0.01, 0.002, 0.0, 0.0, 0.0, 0.0]
+    >>> choose_margin(prof, 40, 1)
+    (5, 0, 0.002)
+    """
+    best: tuple[int, int, int, float] | None = None  # stride, margin, overlap, error
+    fallback: tuple[float, int, int, int] | None = None
+    for margin in range(int(minimum), tile // 2):
+        for overlap in _OVERLAPS:
+            stride, err = blended_edge_error(profile, tile, margin, overlap, align)
+            if stride == 0:
+                continue
+            if err <= tolerance:
+                if best is None or stride > best[0] or (stride == best[0] and err < best[3]):
+                    best = (stride, margin, overlap, err)
+            elif fallback is None or err < fallback[0] or (err == fallback[0] and stride > fallback[3]):
+                fallback = (err, margin, overlap, stride)
+    if best is not None:
+        return best[1], best[2], best[3]
+    if fallback is not None:
+        return fallback[1], fallback[2], fallback[0]
+    return int(minimum), 0, float("inf")
+
+
 # --------------------------------------------------------------------------- the predictor
 
 
@@ -273,15 +427,29 @@ class Predictor:
     tile : (z, y, x), optional
         Tile for models with parameterised sizes (fixed-size models use theirs).
     overlap : int or (z, y, x), optional
-        Width of the blending ramp between tiles (default :data:`DEFAULT_OVERLAP`).
+        Width of the blending ramp between tiles; default measured with the margins.
     margin : int or (z, y, x), optional
-        Voxels dropped where tiles meet beyond the package's halo (default :data:`DEFAULT_MARGIN`).
+        Voxels dropped where tiles meet (never less than the package's halo);
+        default measured (:meth:`edge_margins`).
     batch_size : int
         Tiles per forward pass.
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
     trust, cache_dir :
-        Passed to :func:`~cartocell_bmz.resolve.resolve_model`.
+        Passed to :func:`~cartocell_bmz.resolve.resolve_model`; measured
+        margins are kept in ``<cache>/margins/``.
+    tolerance : float
+        Largest probability change tile edges may cause (:data:`EDGE_TOLERANCE`).
+
+    Notes
+    -----
+    How far into a tile its edges change the output depends on the network
+    and its weights, so it is measured once per model and tile size: a
+    membrane-like test image (:func:`probe_texture`) is predicted by a tile and
+    by the same tile shifted by half its size along each axis; where both
+    cover the image, their difference at each distance from an edge is the
+    edge's effect there.  The margin and blending ramp with the largest stride
+    whose blended error stays within ``tolerance`` are kept (and cached).
 
     Examples
     --------
@@ -301,17 +469,20 @@ class Predictor:
         device: str = "auto",
         trust: bool = False,
         cache_dir: Any = None,
+        tolerance: float = EDGE_TOLERANCE,
     ) -> None:
         from cartocell_bmz.resolve import resolve_model
 
         self.model = resolve_model(model, trust=trust, cache_dir=cache_dir)
+        self.cache_dir = cache_dir
         descr = self.model.description
         if int(batch_size) < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}.")
         self.batch_size = int(batch_size)
         self.tile_request = tuple(int(t) for t in tile) if tile is not None else None
-        self.overlap = _three(DEFAULT_OVERLAP if overlap is None else overlap, "--overlap")
-        self.margin = _three(DEFAULT_MARGIN if margin is None else margin, "margin")
+        self.overlap_request = None if overlap is None else _three(overlap, "--overlap")
+        self.margin_request = None if margin is None else _three(margin, "margin")
+        self.tolerance = float(tolerance)
         # validate the tile request early (shape-independent)
         tile_geometry(descr, None, self.tile_request)
         available = self.model.weight_formats
@@ -331,6 +502,8 @@ class Predictor:
         self.order = channel_order([str(n) for n in out.axes[1].channel_names])
         self._pipeline = None
         self._checked_range = False
+        self._margins: dict[tuple[int, int, int], EdgeMargins] = {}
+        self._stat: dict = {}
 
     # -- lifecycle
     def _load(self):
@@ -370,13 +543,132 @@ class Predictor:
         """Tile geometry for a volume of ``shape``."""
         return tile_geometry(self.model.description, shape, self.tile_request)
 
+    def edge_margins(self, geometry: TileGeometry) -> EdgeMargins:
+        """Margins and blending ramps for tiles of ``geometry`` (measured once, then cached)."""
+        g = geometry
+        base = tuple(o + h for o, h in zip(g.offset, g.halo))
+        if self.margin_request is not None:
+            margin = tuple(o + max(h, m) for o, h, m in zip(g.offset, g.halo, self.margin_request))
+            overlap = self.overlap_request or (4, 4, 4)
+            return EdgeMargins(g.tile, margin, overlap, (float("nan"),) * 3, measured=False)  # type: ignore[arg-type]
+        if g.tile in self._margins:
+            found = self._margins[g.tile]
+        else:
+            found = self._cached_margins(g) or self._measure_margins(g)
+            self._margins[g.tile] = found
+        margin = tuple(max(b, m) for b, m in zip(base, found.margin))
+        overlap = self.overlap_request or found.overlap
+        return EdgeMargins(found.tile, margin, overlap, found.error, found.profiles, True, found.floor)  # type: ignore[arg-type]
+
+    def _margins_file(self, g: TileGeometry):
+        from cartocell_bmz.resolve import cache_root
+
+        key = f"{self.model.rdf_sha256[:24]}-{self.weights}-{'x'.join(map(str, g.tile))}-{self.tolerance:g}.json"
+        return cache_root(self.cache_dir) / "margins" / key
+
+    def _cached_margins(self, g: TileGeometry) -> EdgeMargins | None:
+        import json
+
+        path = self._margins_file(g)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return EdgeMargins(
+                tile=tuple(data["tile"]), margin=tuple(data["margin"]), overlap=tuple(data["overlap"]),  # type: ignore[arg-type]
+                error=tuple(float("nan") if e is None else float(e) for e in data["error"]),  # type: ignore[arg-type]
+                profiles=tuple(tuple(p) for p in data["profiles"]),
+                floor=tuple(float(f) for f in data.get("floor", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _measure_margins(self, g: TileGeometry) -> EdgeMargins:
+        """Measure how far tile edges reach into the output, choose margins (see the class notes)."""
+        import json
+
+        from cartocell_bmz.volume_io import atomic_open
+
+        tile = g.tile
+        shifts = tuple(max(a, t // 2 // a * a) if t >= 2 * a else 0 for t, a in zip(tile, g.align))
+        probe = probe_texture(tuple(t + s for t, s in zip(tile, shifts)), seed=0)
+        norm = self.normalize(probe)
+        starts = [(0, 0, 0)] + [tuple(shifts[d] if i == d else 0 for i in range(3)) for d in range(3) if shifts[d]]
+        blocks = np.stack([norm[tuple(slice(s, s + t) for s, t in zip(st, tile))] for st in starts])
+        outs = np.concatenate([self.forward(blocks[i:i + self.batch_size]) for i in range(0, len(blocks), self.batch_size)])
+        frames = [self._frame(o, g) for o in outs]
+        a = frames[0]
+        profiles: list[tuple[float, ...]] = []
+        margins: list[int] = []
+        overlaps: list[int] = []
+        errors: list[float] = []
+        floors: list[float] = []
+        k = 1
+        for d in range(3):
+            minimum = g.offset[d] + g.halo[d]
+            if not shifts[d]:
+                profiles.append(())
+                margins.append(minimum)
+                overlaps.append(0)
+                errors.append(float("nan"))
+                floors.append(0.0)
+                continue
+            b = frames[k]
+            k += 1
+            s, t = shifts[d], tile[d]
+            lo, hi = g.offset[d], g.offset[d] + g.output[d]
+            centre = [slice(tt // 4, tt - tt // 4) for tt in tile]
+            profile = []
+            for dist in range(max(1, (t - s) // 2)):
+                worst = 0.0
+                for ia in (s + dist, t - 1 - dist):  # B's left edge region, A's right edge region
+                    ib = ia - s
+                    if not (lo <= ia < hi and lo <= ib < hi):
+                        continue
+                    sl_a, sl_b = list(centre), list(centre)
+                    sl_a[d], sl_b[d] = ia, ib
+                    diff = np.abs(a[(slice(None), *sl_a)] - b[(slice(None), *sl_b)])
+                    worst = max(worst, float(diff.max()) if diff.size else 0.0)
+                profile.append(worst)
+            floor = min(profile[len(profile) // 2:])
+            edge = [max(0.0, p - floor) for p in profile]
+            m, o, err = choose_margin(edge, t, g.align[d], minimum, self.tolerance)
+            floors.append(floor)
+            profiles.append(tuple(round(p, 6) for p in profile))
+            margins.append(m)
+            overlaps.append(o)
+            errors.append(err)
+        found = EdgeMargins(tile, tuple(margins), tuple(overlaps), tuple(errors), tuple(profiles),  # type: ignore[arg-type]
+                            floor=tuple(floors))  # type: ignore[arg-type]
+        try:
+            with atomic_open(self._margins_file(g)) as f:
+                json.dump({"model": self.model.name, "weights": self.weights, "tile": list(tile),
+                           "margin": list(found.margin), "overlap": list(found.overlap),
+                           "error": [e if np.isfinite(e) else None for e in found.error],
+                           "profiles": [list(p) for p in found.profiles], "floor": list(found.floor),
+                           "tolerance": self.tolerance}, f)
+        except Exception:  # a read-only cache only means measuring again next time
+            pass
+        return found
+
+    @staticmethod
+    def _frame(probs: np.ndarray, g: TileGeometry) -> np.ndarray:
+        """An output ``(3, *output)`` placed in a tile-sized frame (zeros outside)."""
+        if g.output == g.tile:
+            return probs
+        frame = np.zeros((probs.shape[0], *g.tile), np.float32)
+        frame[(slice(None), *(slice(o, o + s) for o, s in zip(g.offset, g.output)))] = probs
+        return frame
+
     def plan(self, shape: Sequence[int]) -> TilePlan:
         """The tiles used for a volume of ``shape`` (``(Z, Y, X)``)."""
         g = self.geometry(shape)
-        margin = tuple(o + h + m for o, h, m in zip(g.offset, g.halo, self.margin))
         border = tuple(o + h for o, h in zip(g.offset, g.halo))
         valid = tuple((o, o + s) for o, s in zip(g.offset, g.output))
-        overlap = tuple(min(ov, max(0, (t - 2 * mg) // 3)) for ov, t, mg in zip(self.overlap, g.tile, margin))
+        split = any(s + 2 * b > t for s, b, t in zip(shape, border, g.tile))
+        if split:
+            em = self.edge_margins(g)
+            margin, overlap = em.margin, em.overlap
+        else:  # one tile covers the volume: no edges to hide
+            margin, overlap = border, (0, 0, 0)
         try:
             return plan_tiles(tuple(shape), g.tile, margin=margin, overlap=overlap, align=g.align,
                               border=border, valid=valid)
@@ -413,8 +705,8 @@ class Predictor:
         descr = self.model.description
         inp, out = descr.inputs[0], descr.outputs[0]
         dims = tuple(a.id for a in inp.axes)
-        sample = Sample(members={inp.id: Tensor(tiles[:, None].astype(np.float32, copy=False), dims=dims)},
-                        stat=getattr(self, "_stat", {}), id=None)
+        sample = Sample(members={inp.id: Tensor(np.ascontiguousarray(tiles[:, None], dtype=np.float32), dims=dims)},
+                        stat=self._stat, id=None)
         try:
             result = pipeline.predict_sample_without_blocking(
                 sample, skip_preprocessing=True, skip_input_padding=True, skip_output_cropping=True
@@ -477,21 +769,13 @@ class Predictor:
         tiles = list(plan.tiles())
         total = len(tiles)
         batch = np.empty((min(self.batch_size, total), *plan.tile), np.float32)
-        frame = None
-        lo = g.offset
         for first in range(0, total, self.batch_size):
             group = tiles[first:first + self.batch_size]
             for i, tile in enumerate(group):
                 extract_tile(norm, tile, out=batch[i])
             probs = self.forward(batch[:len(group)])
             for i, tile in enumerate(group):
-                if g.output != g.tile:
-                    if frame is None:
-                        frame = np.zeros((3, *plan.tile), np.float32)
-                    frame[(slice(None), *(slice(o, o + s) for o, s in zip(lo, g.output)))] = probs[i]
-                    accumulate(out, frame, tile)
-                else:
-                    accumulate(out, probs[i], tile)
+                accumulate(out, self._frame(probs[i], g), tile)
             if progress is not None:
                 progress(min(first + self.batch_size, total), total)
         return out
@@ -549,32 +833,62 @@ def predict_probabilities(
         return predictor.predict(volume, out=out, progress=progress)
 
 
-def predict_whole(predictor: Predictor, volume: np.ndarray) -> np.ndarray:
-    """bioimageio.core's own whole-volume prediction (no tiling), ``(3, Z, Y, X)`` in B, C, M order.
+def predict_whole(predictor: Predictor, volume: np.ndarray, *, core: bool = False) -> np.ndarray:
+    """Whole-volume prediction (no tiling), ``(3, Z, Y, X)`` in B, C, M order: the reference for tiling.
 
-    The reference tiled prediction is compared with; its memory grows with the volume.
+    Parameters
+    ----------
+    predictor : Predictor
+        A loaded model.
+    volume : numpy.ndarray
+        ``(Z, Y, X)`` image.
+    core : bool
+        ``True``: bioimageio.core's own ``predict_sample_without_blocking``, which
+        pads the raw image by the package's halo (symmetric) *before* computing the
+        normalisation statistics, so they include the padding.  ``False``: the
+        statistics of the image itself (as :meth:`Predictor.predict`), then mirror
+        padding by the halo, one forward pass, the halo cropped.
+
+    Memory grows with the volume (about 2 kB per voxel for the published network size).
     """
     from bioimageio.core import Sample, Tensor
 
     pipeline = predictor._load()
     descr = predictor.model.description
     inp, out = descr.inputs[0], descr.outputs[0]
-    dims = tuple(a.id for a in inp.axes)
-    sample = Sample(members={inp.id: Tensor(np.asarray(volume, np.float32)[None, None], dims=dims)}, stat={}, id=None)
-    result = pipeline.predict_sample_without_blocking(sample)
-    probs = result.members[out.id].transpose(tuple(a.id for a in out.axes)).to_numpy()[0]
-    return np.ascontiguousarray(probs[list(predictor.order)], dtype=np.float32)
+    volume = np.asarray(volume, np.float32)
+    if core:
+        dims = tuple(a.id for a in inp.axes)
+        sample = Sample(members={inp.id: Tensor(volume[None, None], dims=dims)}, stat={}, id=None)
+        result = pipeline.predict_sample_without_blocking(sample)
+        probs = result.members[out.id].transpose(tuple(a.id for a in out.axes)).to_numpy()[0]
+        return np.ascontiguousarray(probs[list(predictor.order)], dtype=np.float32)
+    g = predictor.geometry(volume.shape)
+    pad = [o + h for o, h in zip(g.offset, g.halo)]
+    norm = predictor.normalize(volume)
+    if any(pad):
+        from cartocell_bmz.tiling import reflect_index
+
+        idx = [reflect_index(np.arange(-p, n + p), n) for p, n in zip(pad, volume.shape)]
+        norm = norm[np.ix_(*idx)]
+    probs = predictor.forward(norm[None])[0]
+    crop = [h for h in g.halo]
+    return np.ascontiguousarray(probs[(slice(None), *(slice(c, probs.shape[1 + d] - c) for d, c in enumerate(crop)))])
 
 
 __all__ = [
-    "DEFAULT_MARGIN",
-    "DEFAULT_OVERLAP",
     "DEFAULT_TILE",
+    "EDGE_TOLERANCE",
+    "EdgeMargins",
     "Predictor",
     "TileGeometry",
     "WEIGHT_FORMATS",
+    "blended_edge_error",
     "channel_order",
+    "choose_margin",
+    "envelope",
     "predict_probabilities",
     "predict_whole",
+    "probe_texture",
     "tile_geometry",
 ]
