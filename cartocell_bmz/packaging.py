@@ -636,6 +636,12 @@ def build_description(
         halo = HaloChoice(halo=halo_values, max_difference=diff, tolerance=HALO_TOLERANCE)  # type: ignore[arg-type]
     else:
         halo = choose_halo(net, volume, run.divisor)
+        if not halo.met:
+            raise ModelError(
+                f"{run.path}: blocked and whole-volume predictions still differ by {halo.max_difference:.3f} "
+                f"with halo {halo.halo}, the largest a {tuple(volume.shape)} test volume allows; "
+                "give a larger --test-volume or an explicit --halo."
+            )
     with torch.no_grad():
         probs = torch.sigmoid(net(torch.from_numpy(_normalise(volume))[None, None]))[0].numpy()
     sizes = AxisSizes.from_halo(run.divisor, halo.halo)
