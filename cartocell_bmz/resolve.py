@@ -351,6 +351,7 @@ def _download(model_id: str, folder: Path) -> None:
                 continue  # optional file (documentation, cover) without a hash
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
+        verify_files(tmp, content, package=model_id)  # a damaged download never reaches the cache
         (tmp / ".cartocell-source.json").write_text(json.dumps({"id": model_id, "root": base}), encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
