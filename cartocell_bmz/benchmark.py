@@ -42,7 +42,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -321,7 +321,8 @@ def _default_predict(task: Task) -> None:
     """Predict step of a task: :func:`cartocell_bmz.predict.predict_one` on one image."""
     from cartocell_bmz.predict import predict_one
 
-    predict_one(task.model.ref, task.image.raw, task.out, overwrite=task.overwrite, device=task.device)
+    # the model was resolved (and its notice shown) once, in the client: trust=True here
+    predict_one(task.model.ref, task.image.raw, task.out, overwrite=task.overwrite, device=task.device, trust=True)
 
 
 def _default_evaluate(pred, gt, probs, thresholds) -> list[dict]:
@@ -376,8 +377,14 @@ def run_task(task: Task, *, predict: Callable[[Task], None] | None = None,
 
     t0 = time.perf_counter()
     path = task.metrics_path
-    if not task.overwrite and _metrics_valid(path, task):
+    previous = _read_json(path)
+    if not task.overwrite and previous is not None and _metrics_valid(previous, task):
         return {"model": task.model.name, "image": task.image.name, "metrics": str(path), "reused": True, "seconds": 0.0}
+    # outputs written for another package content or another image of this name: predict again
+    stale = previous is not None and (previous.get("model_fingerprint") != task.model.fingerprint
+                                      or previous.get("image_fingerprint") != task.image.fingerprint)
+    if stale and not task.overwrite:
+        task = replace(task, overwrite=True)
     if task.torch_threads:
         import torch
 
@@ -405,11 +412,15 @@ def run_task(task: Task, *, predict: Callable[[Task], None] | None = None,
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _metrics_valid(path: Path, task: Task) -> bool:
+def _read_json(path: Path) -> dict | None:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _metrics_valid(doc: Mapping, task: Task) -> bool:
     return (doc.get("format") == METRICS_FORMAT and doc.get("model_fingerprint") == task.model.fingerprint
             and doc.get("image_fingerprint") == task.image.fingerprint and bool(doc.get("rows"))
             and {round(float(r["threshold"]), 6) for r in doc["rows"]} >= {round(t, 6) for t in task.thresholds})
@@ -638,6 +649,10 @@ def run_benchmark(
     images = [BenchImage(im.name, im.raw, im.gt, _image_fingerprint(im)) for im in images]
     _check_out_names(out, bench_models, test_dir)
 
+    if str(device).strip().lower() == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     plan = plan_workers(scheduler, len(bench_models) * len(images), workers=workers, device=device,
                         memory_gb=_available_memory_gb())
     tasks = []

@@ -34,6 +34,8 @@ def fake_predict(task: bm.Task) -> None:
     """A fake model: ``perfect`` returns the truth; ``merge`` fuses cell pairs; ``shift`` moves cells."""
     from cartocell_bmz.volume_io import read_volume, write_volume
 
+    if not task.overwrite and (task.out / VORONOI_DIR / task.image.name).is_file():
+        return  # finished before, as predict_one skips finished outputs
     gt = read_volume(task.image.gt, "labels")
     labels = gt.data.astype(np.uint16)
     probs = _targets(labels)
@@ -157,6 +159,9 @@ def test_changed_package_or_image_is_recomputed(test_set, tmp_path):
     write_volume(gt, np.flip(vol.data, axis=2).copy(), vol.spacing)
     res = bm.run_benchmark(changed, data, out, scheduler="sync", task_fn=FAKE_TASK)
     assert res.n_reused == 1
+    # the changed image was predicted again: the same figures as a fresh run
+    fresh = bm.run_benchmark(changed, data, tmp_path / "fresh", scheduler="sync", task_fn=FAKE_TASK)
+    assert res.ranking[0].values == fresh.ranking[0].values
 
 
 def test_interrupted_task_leaves_no_metrics_file(test_set, tmp_path):
@@ -170,21 +175,6 @@ def test_interrupted_task_leaves_no_metrics_file(test_set, tmp_path):
 
 
 # --------------------------------------------------------------------------- Dask
-
-
-def test_local_cluster_gives_the_same_ranking_as_sync(test_set, tmp_path):
-    from distributed import LocalCluster
-
-    models = fake_models("perfect", "merge")
-    sync = bm.run_benchmark(models, test_set, tmp_path / "sync", scheduler="sync", task_fn=FAKE_TASK)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=40) as cluster:
-        dist = bm.run_benchmark(models, test_set, tmp_path / "dist", scheduler=cluster.scheduler_address,
-                                task_fn=FAKE_TASK)
-    assert dist.scheduler.startswith("tcp://")
-    assert (tmp_path / "dist" / "ranking.csv").read_bytes() == (tmp_path / "sync" / "ranking.csv").read_bytes()
-    assert (tmp_path / "dist" / "per_image.csv").read_bytes() == (tmp_path / "sync" / "per_image.csv").read_bytes()
-    assert [r.model for r in sync.ranking] == ["fake-perfect", "fake-merge"]
 
 
 def test_default_local_cluster_runs_and_reports_workers(test_set, tmp_path):
@@ -326,3 +316,71 @@ def test_cli_bad_inputs_give_one_line(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- real packages
+
+
+@pytest.fixture(scope="module")
+def tiny_packages(tmp_path_factory) -> list[Path]:
+    """Two tiny look-alike packages (different architectures, parameterised sizes)."""
+    from lookalike import build_lookalike
+
+    root = tmp_path_factory.mktemp("packages")
+    return [build_lookalike(root / "tiny-unet", "happy-honeybee", sizes="parameterized", seed=1),
+            build_lookalike(root / "tiny-resunet", "merry-water-buffalo", sizes="parameterized", seed=2)]
+
+
+def _trusting_resolver():
+    from cartocell_bmz.resolve import resolve_model
+
+    return functools.partial(resolve_model, trust=True, notify=lambda _msg: None)
+
+
+def test_ranking_equals_predict_then_evaluate_one_model_at_a_time(tiny_packages, test_set, tmp_path):
+    from cartocell_bmz.evaluate import evaluate_folder
+    from cartocell_bmz.predict import predict_folder
+
+    res = bm.run_benchmark([str(p) for p in tiny_packages], test_set, tmp_path / "bench", scheduler="sync",
+                           resolver=_trusting_resolver())
+    assert sorted(r.model for r in res.ranking) == ["tiny-resunet", "tiny-unet"]
+    for pkg in tiny_packages:
+        one = tmp_path / "one" / pkg.name
+        predict_folder(str(pkg), test_set / "x", one, device="cpu", trust=True)
+        summary = evaluate_folder(one / VORONOI_DIR, test_set / "y", tmp_path / "eval" / pkg.name,
+                                  probs_dir=one / PROBS_DIR, colour_maps=False)
+        row = next(r for r in res.ranking if r.model == pkg.name)
+        by_image = summary["by_image"]
+        expected = {
+            "IoU B": summary["channel_iou"]["B"], "IoU C": summary["channel_iou"]["C"],
+            "IoU M": summary["channel_iou"]["M"],
+            "F1@0.5": by_image["0.5"]["f1"], "PQ@0.5": by_image["0.5"]["panoptic_quality"],
+            "MTS@0.5": by_image["0.5"]["mean_true_score"],
+            "F1@0.75": by_image["0.75"]["f1"], "PQ@0.75": by_image["0.75"]["panoptic_quality"],
+        }
+        assert row.values == pytest.approx(expected, abs=1e-12, rel=0)
+        # and the benchmark's predictions are those of predict, file for file
+        for name in ("cyst_000_day4.tif", "cyst_001_day7.tif"):
+            from cartocell_bmz.volume_io import read_volume
+
+            a = read_volume(tmp_path / "bench" / pkg.name / VORONOI_DIR / name, "labels").data
+            b = read_volume(one / VORONOI_DIR / name, "labels").data
+            assert np.array_equal(a, b)
+    assert res.n_tasks == 4 and res.n_reused == 0
+    assert (tmp_path / "bench" / "plots" / "montage_tiny-unet.png").stat().st_size > 0
+
+
+def test_real_packages_on_a_local_cluster_give_the_sync_ranking(tiny_packages, test_set, tmp_path):
+    """2 tiny models x 2 tiny images on LocalCluster(2 workers, 1 thread, processes) == synchronous mode."""
+    from distributed import LocalCluster
+
+    values = [str(p) for p in tiny_packages]
+    sync = bm.run_benchmark(values, test_set, tmp_path / "sync", scheduler="sync", resolver=_trusting_resolver())
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=40) as cluster:
+        dist = bm.run_benchmark(values, test_set, tmp_path / "dist", scheduler=cluster.scheduler_address,
+                                resolver=_trusting_resolver())
+    assert dist.scheduler.startswith("tcp://") and dist.n_tasks == 4 and dist.n_reused == 0
+    for name in ("ranking.csv", "per_image.csv"):
+        assert (tmp_path / "dist" / name).read_bytes() == (tmp_path / "sync" / name).read_bytes()
+    assert len({r.score for r in sync.ranking}) == 2  # two different models, not a trivial tie
