@@ -412,6 +412,15 @@ def run_task(task: Task, *, predict: Callable[[Task], None] | None = None,
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
+def _reused(task: Task) -> dict | None:
+    """The result of a task whose metrics file is valid, else ``None``."""
+    doc = _read_json(task.metrics_path)
+    if doc is None or not _metrics_valid(doc, task):
+        return None
+    return {"model": task.model.name, "image": task.image.name, "metrics": str(task.metrics_path), "reused": True,
+            "seconds": 0.0}
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         doc = json.loads(path.read_text())
@@ -653,16 +662,21 @@ def run_benchmark(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    plan = plan_workers(scheduler, len(bench_models) * len(images), workers=workers, device=device,
-                        memory_gb=_available_memory_gb())
     tasks = []
     for model in bench_models:
         model_out = ensure_output_dir(out / model.name)
         stale = _record_model(model_out, model)
         for image in images:
             tasks.append(Task(model=model, image=image, out=model_out, overwrite=overwrite or stale,
-                              torch_threads=plan.torch_threads, device=device, thresholds=thresholds))
-    results = execute(tasks, plan, task_fn, show_progress=show_progress)
+                              device=device, thresholds=thresholds))
+    # finished tasks are read here: a rerun with nothing to do starts no cluster
+    done = {i: _reused(t) for i, t in enumerate(tasks) if not t.overwrite}
+    done = {i: r for i, r in done.items() if r is not None}
+    todo = [t for i, t in enumerate(tasks) if i not in done]
+    plan = plan_workers(scheduler, len(todo), workers=workers, device=device, memory_gb=_available_memory_gb())
+    todo = [replace(t, torch_threads=plan.torch_threads) for t in todo]
+    computed = iter(execute(todo, plan, task_fn, show_progress=show_progress) if todo else [])
+    results = [done[i] if i in done else next(computed) for i in range(len(tasks))]
 
     per_image: list[dict] = []
     for r in results:

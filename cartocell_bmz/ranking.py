@@ -264,8 +264,7 @@ def published_rows() -> list[RankingRow]:
     """The published figures of the six CartoCell models on the real test set (60 cysts).
 
     From :data:`cartocell_bmz.known_models.PUBLISHED_RANKING`. The source names only the
-    first and the last model; the others are listed as ``published rank N (model not
-    named)``.
+    first and the last model; the others are listed as ``published #N (not named)``.
 
     Returns
     -------
@@ -276,14 +275,14 @@ def published_rows() -> list[RankingRow]:
     Examples
     --------
     >>> [(r.rank, r.model) for r in published_rows()][:2]
-    [(1, 'happy-honeybee'), (2, 'published rank 2 (model not named)')]
+    [(1, 'happy-honeybee'), (2, 'published #2 (not named)')]
     """
     from cartocell_bmz.known_models import PUBLISHED_COLUMNS, PUBLISHED_RANKING
 
     to_column = dict(zip(PUBLISHED_COLUMNS, COLUMN_NAMES))
     columns = {}
     for row in PUBLISHED_RANKING:
-        name = row.model_id or f"published rank {row.rank} (model not named)"
+        name = row.model_id or f"published #{row.rank} (not named)"
         columns[name] = {to_column[k]: float(v) for k, v in row.figures.items()}
     return rank_table(columns, n_images=dict.fromkeys(columns, PUBLISHED_N_IMAGES), source=SOURCE_PUBLISHED)
 
@@ -348,7 +347,7 @@ def format_markdown(rows: Sequence[RankingRow], *, decimals: int = 3) -> str:
     head = ["rank", "model", "score", *COLUMN_NAMES, "images"]
     lines = ["| " + " | ".join(head) + " |", "|---:|:---|" + "---:|" * (len(head) - 2)]
     for r in rows:
-        model = r.model if r.source == SOURCE_BENCHMARK else f"{r.model} *({r.source})*"
+        model = r.model if r.source == SOURCE_BENCHMARK else f"{r.model} — *{r.source}*"
         n = str(r.n_images)
         cells = ["" if r.rank is None else str(r.rank), model, _fmt(r.score, decimals) or "–",
                  *(_fmt(r.values.get(c, math.nan), decimals) or "–" for c in COLUMN_NAMES), n]

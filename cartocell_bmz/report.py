@@ -180,7 +180,7 @@ def plot_ranking_bars(rows: Sequence[RankingRow], path: str | os.PathLike) -> Pa
     for i, r in enumerate(rows):
         vals = [r.values.get(c, math.nan) for c in COLUMN_NAMES]
         published = r.source != SOURCE_BENCHMARK
-        label = f"{r.rank if r.rank is not None else '-'}. {r.model}" + (" (published, real data)" if published else "")
+        label = f"{r.rank if r.rank is not None else '-'}. {r.model}" + (" (published, real test set)" if published else "")
         ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(vals), width, label=label, color=colours[r.model],
                hatch="//" if published else None, edgecolor="0.3" if published else None, linewidth=0.4)
     ax.set_xticks(x, COLUMN_NAMES)

@@ -103,7 +103,7 @@ def test_published_figures_reproduce_the_published_order():
     assert rows[0].model == "happy-honeybee" and rows[-1].model == "merry-water-buffalo"
     assert rows[0].values["PQ@0.5"] == 0.814 and rows[0].n_images == 60
     assert rows[0].score == pytest.approx(6.604 / 8)
-    assert "model not named" in rows[1].model
+    assert rows[1].model == "published #2 (not named)"
 
 
 def test_csv_is_fixed_format_and_parses_back():
@@ -117,7 +117,7 @@ def test_csv_is_fixed_format_and_parses_back():
     assert all(len(v.split(".")[1]) == 4 for p in parsed for k, v in p.items() if k in rk.COLUMN_NAMES)
     md = rk.format_markdown(ranked)
     assert md.count("\n") == 2 + 3
-    assert "happy-honeybee *(published (real CartoCell test set))*" in md
+    assert "| happy-honeybee — *published (real CartoCell test set)* |" in md
 
 
 def test_records_are_json_ready():

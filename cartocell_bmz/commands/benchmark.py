@@ -65,27 +65,41 @@ def _print_table(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from cartocell_bmz.ranking import COLUMN_NAMES, SOURCE_BENCHMARK
-
-    table = Table(title=f"Ranking on {result.test_dir} ({len({r['image'] for r in result.per_image})} test images)")
-    for name in ("rank", "model", "score", *COLUMN_NAMES):
-        table.add_column(name, justify="left" if name == "model" else "right")
+    from cartocell_bmz.ranking import COLUMN_NAMES, SOURCE_PUBLISHED
 
     def num(v: float) -> str:
         return f"{v:.3f}" if math.isfinite(v) else "–"
 
-    for r in list(result.ranking) + list(result.published):
-        style = None if r.source == SOURCE_BENCHMARK else "dim italic"
-        model = r.model if r.source == SOURCE_BENCHMARK else f"{r.model} [published, real test set]"
-        table.add_row("–" if r.rank is None else str(r.rank), model, num(r.score),
-                      *(num(r.values[c]) for c in COLUMN_NAMES), style=style)
+    def table(title: str, rows) -> Table:
+        t = Table(title=title, title_justify="left")
+        t.add_column("rank", justify="right", no_wrap=True)
+        t.add_column("model", no_wrap=True)
+        for name in ("score", *COLUMN_NAMES):
+            t.add_column(name, justify="right", no_wrap=True)
+        for r in rows:
+            t.add_row("–" if r.rank is None else str(r.rank), r.model, num(r.score),
+                      *(num(r.values[c]) for c in COLUMN_NAMES))
+        return t
+
     console = Console()
-    console.print(table)
-    how = "synchronously" if result.scheduler == "sync" else (
-        f"on a local Dask cluster of {result.workers} worker(s)" if result.scheduler == "local"
-        else f"on the Dask cluster at {result.scheduler}")
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=max(console.width, 160))
+    n_images = len({r["image"] for r in result.per_image})
+    console.print(table(f"Ranking on {result.test_dir} ({n_images} test images; score = mean of the 8 columns)",
+                        result.ranking))
+    if result.published:
+        console.print(table(f"Reference only: {SOURCE_PUBLISHED}, 60 cysts, not comparable with the rows above",
+                            result.published), style="dim")
+    computed = result.n_tasks - result.n_reused
+    if computed == 0:
+        how = "all reused from an earlier run"
+    else:
+        where = "synchronously" if result.scheduler == "sync" else (
+            f"on a local Dask cluster of {result.workers} worker(s)" if result.scheduler == "local"
+            else f"on the Dask cluster at {result.scheduler}")
+        how = f"{computed} computed {where}, {result.n_reused} reused"
     console.print(
-        f"{result.n_tasks} model x image task(s) {how}, {result.n_reused} reused, in {result.seconds:.1f} s.\n"
+        f"{result.n_tasks} model x image tasks ({how}) in {result.seconds:.1f} s.\n"
         f"Report: {result.files.html}\nTables: {result.files.ranking_csv}, {result.files.ranking_md}",
-        highlight=False,
+        highlight=False, soft_wrap=True,
     )
