@@ -411,6 +411,24 @@ def choose_margin(profile: Sequence[float], tile: int, align: int, minimum: int 
     return int(minimum), 0, float("inf")
 
 
+def _floor(profile: Sequence[float], tolerance: float) -> float:
+    """The part of an edge profile that does not fade with distance (0 when it still fades).
+
+    Examples
+    --------
+    >>> _floor([0.9, 0.3, 0.1, 0.05, 0.04, 0.04, 0.05, 0.04], 0.005)
+    0.04
+    >>> _floor([0.9, 0.5, 0.3, 0.2, 0.12, 0.08, 0.05, 0.03], 0.005)
+    0.0
+    """
+    tail = list(profile[len(profile) // 2:])
+    if not tail:
+        return 0.0
+    lo, hi = min(tail), max(tail)
+    flat = hi - lo <= 0.3 * lo + tolerance / 2 and tail[-1] >= 0.7 * tail[0]
+    return float(lo) if flat else 0.0
+
+
 # --------------------------------------------------------------------------- the predictor
 
 
@@ -503,6 +521,8 @@ class Predictor:
         self._pipeline = None
         self._checked_range = False
         self._margins: dict[tuple[int, int, int], EdgeMargins] = {}
+        self._warned: set = set()
+        self.geometry_fixed = True
         self._stat: dict = {}
 
     # -- lifecycle
@@ -558,6 +578,10 @@ class Predictor:
             self._margins[g.tile] = found
         margin = tuple(max(b, m) for b, m in zip(base, found.margin))
         overlap = self.overlap_request or found.overlap
+        if g.tile not in self._warned and (not found.met or max(found.floor) > self.tolerance):
+            self._warned.add(g.tile)
+            self.geometry_fixed = g.fixed
+            self._warn_unmet(found)
         return EdgeMargins(found.tile, margin, overlap, found.error, found.profiles, True, found.floor)  # type: ignore[arg-type]
 
     def _margins_file(self, g: TileGeometry):
@@ -588,7 +612,8 @@ class Predictor:
         from cartocell_bmz.volume_io import atomic_open
 
         tile = g.tile
-        shifts = tuple(max(a, t // 2 // a * a) if t >= 2 * a else 0 for t, a in zip(tile, g.align))
+        # a shift of a quarter tile lets edge effects be followed up to 3/8 of the tile from an edge
+        shifts = tuple(max(a, t // 4 // a * a) if t >= 2 * a else 0 for t, a in zip(tile, g.align))
         probe = probe_texture(tuple(t + s for t, s in zip(tile, shifts)), seed=0)
         norm = self.normalize(probe)
         starts = [(0, 0, 0)] + [tuple(shifts[d] if i == d else 0 for i in range(3)) for d in range(3) if shifts[d]]
@@ -628,7 +653,7 @@ class Predictor:
                     diff = np.abs(a[(slice(None), *sl_a)] - b[(slice(None), *sl_b)])
                     worst = max(worst, float(diff.max()) if diff.size else 0.0)
                 profile.append(worst)
-            floor = min(profile[len(profile) // 2:])
+            floor = _floor(profile, self.tolerance)
             edge = [max(0.0, p - floor) for p in profile]
             m, o, err = choose_margin(edge, t, g.align[d], minimum, self.tolerance)
             floors.append(floor)
@@ -648,6 +673,17 @@ class Predictor:
         except Exception:  # a read-only cache only means measuring again next time
             pass
         return found
+
+    def _warn_unmet(self, em: EdgeMargins) -> None:
+        import sys
+
+        worst = max((e for e in em.error if np.isfinite(e)), default=0.0) + max(em.floor)
+        print(
+            f"warning: model {self.model.name}: its tile edges still change probabilities by up to {worst:.3f} "
+            f"with tiles of {' x '.join(map(str, em.tile))}; results may differ that much from a whole-volume "
+            "prediction" + ("; a larger --tile helps." if not self.geometry_fixed else "."),
+            file=sys.stderr, flush=True,
+        )
 
     @staticmethod
     def _frame(probs: np.ndarray, g: TileGeometry) -> np.ndarray:
