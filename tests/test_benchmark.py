@@ -300,7 +300,7 @@ def test_every_error_is_a_cartocell_error():
     assert issubclass(bm.BenchmarkError, CartoCellError)
 
 
-def test_cli_bad_inputs_give_one_line(tmp_path):
+def test_cli_bad_inputs_give_one_line(tmp_path, test_set):
     target = tmp_path / "file"
     target.write_text("x")
     empty = tmp_path / "empty"
@@ -309,6 +309,8 @@ def test_cli_bad_inputs_give_one_line(tmp_path):
         (["--test", str(empty), "--models", "a"], "has no x/ folder"),
         (["--out", str(target), "--models", "a"], "is a file"),
         (["--scheduler", "nope", "--models", "a"], "--scheduler must be"),
+        (["--test", str(test_set), "--models", "./missing/package"], "no such model file or folder"),
+        (["--test", str(test_set), "--models", "a", "--workers", "0"], "--workers must be at least 1"),
     ]
     for args, message in cases:
         proc = subprocess.run([sys.executable, "-m", "cartocell_bmz", "benchmark", *args], capture_output=True,
