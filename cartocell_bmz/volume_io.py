@@ -36,6 +36,10 @@ _UNIT_TO_UM = {
 }
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @dataclass(frozen=True)
 class Volume:
     """A volume read from disk: its data, voxel size and origin.
@@ -93,6 +97,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes 0600 files: give the result the usual umask mode
+            os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -140,3 +140,12 @@ def test_list_and_resolve_inputs(tmp_path):
     assert [p.name for p in resolve_inputs(tmp_path / "b.tif")] == ["b.tif"]
     with pytest.raises(InputError, match="matches no TIFF"):
         resolve_inputs(str(tmp_path / "*.png"))
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    path = write_volume(tmp_path / "m.tif", np.zeros((2, 3, 4), np.uint8), (1, 1, 1))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~mask)
