@@ -341,12 +341,46 @@ def halo_units(divisor: Sequence[int]) -> tuple[int, int, int]:
     return tuple(max(1, int(d) // 2) for d in divisor)  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class WholePrediction:
+    """Whole-volume probabilities of a normalised image padded symmetrically by ``pad``.
+
+    Blocks cut from ``padded`` with a halo up to ``pad`` see exactly the input
+    bioimageio.core would give them (symmetric padding by ``pad`` starts with
+    symmetric padding by any smaller halo), so one whole-volume prediction
+    serves every halo up to ``pad``.
+    """
+
+    pad: tuple[int, int, int]
+    padded: np.ndarray
+    probs: np.ndarray
+
+    @classmethod
+    def compute(cls, net: "torch.nn.Module", image: np.ndarray, pad: Sequence[int]) -> "WholePrediction":
+        """Run ``net`` on ``image`` padded by ``pad`` and crop the padding."""
+        p = tuple(int(v) for v in pad)
+        padded = np.pad(image, [(v, v) for v in p], mode="symmetric").astype(np.float32)
+        probs = _sigmoid_crop(net, padded[None], p)[0]
+        return cls(pad=p, padded=padded, probs=probs)  # type: ignore[arg-type]
+
+
+def _sigmoid_crop(net: "torch.nn.Module", blocks: np.ndarray, crop: Sequence[int]) -> np.ndarray:
+    """``sigmoid(net(blocks))`` for ``(N, Z, Y, X)`` inputs, ``crop`` voxels removed from each side."""
+    import torch
+
+    c = [int(v) for v in crop]
+    with torch.no_grad():
+        out = torch.sigmoid(net(torch.from_numpy(np.ascontiguousarray(blocks))[:, None])).numpy()
+    return out[:, :, c[0]: out.shape[2] - c[0], c[1]: out.shape[3] - c[1], c[2]: out.shape[4] - c[2]]
+
+
 def blocked_difference(
     net: "torch.nn.Module",
     image: np.ndarray,
     halo: Sequence[int],
     inner: Sequence[int],
     *,
+    whole: WholePrediction | None = None,
     align: Sequence[int] = (1, 1, 1),
     n_blocks: int = 32,
     seed: int = 0,
@@ -374,6 +408,12 @@ def blocked_difference(
     halo, inner : sequence of 3 int
         Halo and inner block size ``(z, y, x)``; an ``inner`` at least the
         image size does not split that axis.
+    whole : WholePrediction, optional
+        Reference computed with a padding ``P >= halo`` with ``P - halo`` a
+        multiple of the network's divisor (so that pooling windows line up),
+        reused across halos; at the volume border its wider padding makes the
+        measured difference an upper bound of core's.  Default: computed with
+        ``halo``, exactly as core does.
     align : sequence of 3 int
         Block positions are multiples of these.
     n_blocks : int
@@ -388,19 +428,14 @@ def blocked_difference(
     float
         ``max |sigmoid(whole) - sigmoid(blocked)|`` over all channels and voxels compared.
     """
-    import torch
-
     h = [int(v) for v in halo]
     shape = image.shape
     inner = [min(int(n), s) for n, s in zip(inner, shape)]
-    padded = np.pad(image, [(v, v) for v in h], mode="symmetric").astype(np.float32)
-
-    def run(blocks: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out = torch.sigmoid(net(torch.from_numpy(np.ascontiguousarray(blocks))[:, None])).numpy()
-        return out[:, :, h[0]: out.shape[2] - h[0], h[1]: out.shape[3] - h[1], h[2]: out.shape[4] - h[2]]
-
-    whole = run(padded[None])[0]
+    if whole is None:
+        whole = WholePrediction.compute(net, image, h)
+    if any(p < v or (p - v) % g for p, v, g in zip(whole.pad, h, [max(1, int(a)) for a in align])):
+        raise ValueError(f"a reference padded by {whole.pad} does not line up with blocks of halo {tuple(h)}")
+    shift = [p - v for p, v in zip(whole.pad, h)]
     rng = np.random.default_rng(seed)
     grid = [max(1, int(a)) for a in align]
     last = [(s - n) // g for s, n, g in zip(shape, inner, grid)]
@@ -413,9 +448,12 @@ def blocked_difference(
     worst = 0.0
     for i in range(0, len(origins_list), batch):
         chunk = origins_list[i: i + batch]
-        blocks = np.stack([padded[tuple(slice(o, o + n + 2 * v) for o, n, v in zip(org, inner, h))] for org in chunk])
-        for org, out in zip(chunk, run(blocks)):
-            ref = whole[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(org, inner))]
+        blocks = np.stack([
+            whole.padded[tuple(slice(o + d, o + d + n + 2 * v) for o, d, n, v in zip(org, shift, inner, h))]
+            for org in chunk
+        ])
+        for org, out in zip(chunk, _sigmoid_crop(net, blocks, h)):
+            ref = whole.probs[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(org, inner))]
             worst = max(worst, float(np.abs(out - ref).max()))
     return worst
 
@@ -438,8 +476,10 @@ def choose_halo(
     such blocks with the whole-volume prediction.  The z halo is searched with
     blocks cut along z only, the y/x halo with blocks cut along y and x only
     (doubling, then bisection, in steps of :func:`halo_units`; each to half the
-    tolerance, as the two errors add up at block corners), then blocks cut along
-    all axes are checked and both halos grown a step at a time if needed.
+    tolerance, as the two errors add up at block corners; one whole-volume
+    reference per search, see :class:`WholePrediction`), then blocks cut along
+    all axes are checked against core's exact reference and both halos grown a
+    step at a time if needed.
 
     Parameters
     ----------
@@ -472,10 +512,11 @@ def choose_halo(
     top = [max(u, t - t % u) for t, u in zip(top, units)]
     trials: list[tuple[str, tuple[int, int, int], float]] = []
 
-    def measure(axes: str, halo: tuple[int, int, int], tol: float, n_blocks: int) -> bool:
+    def measure(axes: str, halo: tuple[int, int, int], tol: float, n_blocks: int,
+                whole: WholePrediction | None = None) -> bool:
         minimum = AxisSizes.from_halo(divisor, halo).minimum
         inner = tuple(minimum[i] - 2 * halo[i] if "zyx"[i] in axes else shape[i] for i in range(3))
-        err = blocked_difference(net, img, halo, inner, align=divisor, n_blocks=n_blocks)
+        err = blocked_difference(net, img, halo, inner, whole=whole, align=divisor, n_blocks=n_blocks)
         trials.append((axes, halo, err))
         return err <= tol
 
@@ -483,10 +524,24 @@ def choose_halo(
         idx = [i for i in range(3) if "zyx"[i] in axes]
         unit = max(units[i] for i in idx)
         k_max = max(1, min(top[i] for i in idx) // unit)
+        # Whole-volume references shared by the halos tried along these axes.  Pooling
+        # windows start where the padded input starts, so a reference padded by P only
+        # lines up with blocks of halo h when P - h is a multiple of the divisor: one
+        # reference per residue of h, padded by the largest such halo tried.
+        step = max(int(divisor[i]) for i in idx)
+        top_h = k_max * unit
+        refs: dict[int, WholePrediction] = {}
+
+        def reference(h: int) -> WholePrediction:
+            residue = h % step
+            if residue not in refs:
+                pad = top_h if top_h % step == residue else top_h - unit
+                refs[residue] = WholePrediction.compute(net, img, [pad if i in idx else 0 for i in range(3)])
+            return refs[residue]
 
         def ok(k: int) -> bool:
             halo = tuple(k * unit if i in idx else 0 for i in range(3))
-            return measure(axes, halo, tolerance / 2, n_blocks)  # type: ignore[arg-type]
+            return measure(axes, halo, tolerance / 2, n_blocks, reference(k * unit))  # type: ignore[arg-type]
 
         lo, k = 0, 1
         while not ok(k):  # doubling until a passing k
@@ -630,6 +685,7 @@ def build_description(
         if len(halo_values) != 3 or any(h < 1 or h % u for h, u in zip(halo_values, units)):
             raise ConfigError(f"halo {list(metadata.halo)} must be 3 positive multiples of {list(units)} (z, y, x).")
         minimum = AxisSizes.from_halo(run.divisor, halo_values).minimum
+        AxisSizes.from_halo(run.divisor, halo_values).largest_valid(volume.shape)  # the volume holds a block
         diff = blocked_difference(
             net, _normalise(volume), halo_values, [m - 2 * h for m, h in zip(minimum, halo_values)], align=run.divisor
         )
@@ -1128,7 +1184,7 @@ def documentation(
         f"and step {sizes.step} (z, y, x). Outputs have the input's size and a halo of {sizes.halo} "
         "voxels to crop from each side of every block when tiling. The halo was measured on the trained "
         f"network: with it, blocked and whole-volume probabilities differed by at most "
-        f"{halo.max_difference:.4f} (bound {halo.tolerance}) on {volume_origin}.",
+        f"{halo.max_difference:.2g} (bound {halo.tolerance}) on {volume_origin}.",
         "",
         "Note for bioimageio.core 0.11: its whole-volume `predict` (no `blocksize_parameter`) pads the "
         "halo before computing the normalisation statistics, which changes them; use blocked prediction "
@@ -1155,6 +1211,9 @@ def documentation(
         "probs = sample.members['probabilities'].data.to_numpy()[0]  # (3, z, y, x): B, C, M",
         "```",
         "",
+        f"A block is `min + n * step` voxels per axis for `blocksize_parameter` n and must fit in the volume: "
+        "lower n for small volumes.",
+        "",
         "## Training data",
         "",
         _training_data_text(run),
@@ -1179,9 +1238,8 @@ def documentation(
         "",
         "## Limitations",
         "",
-        "Trained on synthetic cysts only: expect to fine-tune or at least check it before trusting it on "
-        "real confocal stacks. Voxel size matters: the training cysts had "
-        f"{tuple(spacing)} um voxels (z, y, x) in the test volume; rescale very different data first.",
+        "Trained on synthetic cysts only: check it (and fine-tune it) before trusting it on real confocal "
+        f"stacks. Voxel size matters: {_voxel_text(run, spacing)}; rescale very different data first.",
         "",
         "## Citation",
         "",
@@ -1191,6 +1249,13 @@ def documentation(
         "",
     ]
     return "\n".join(lines)
+
+
+def _voxel_text(run: TrainingRun, spacing: Sequence[float]) -> str:
+    trained = _dataset_json(run).get("spacing")
+    if isinstance(trained, (list, tuple)) and len(trained) == 3:
+        return f"the training cysts had {tuple(float(v) for v in trained)} um voxels (z, y, x)"
+    return f"the test volume has {tuple(round(float(v), 4) for v in spacing)} um voxels (z, y, x)"
 
 
 def _fmt(value: Any) -> str:
@@ -1411,6 +1476,7 @@ __all__ = [
     "OUTPUT_ID",
     "PackageMetadata",
     "TrainingRun",
+    "WholePrediction",
     "blocked_difference",
     "build_description",
     "build_package",
