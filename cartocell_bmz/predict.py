@@ -387,11 +387,11 @@ class _Progress:
 
     def start_image(self, name: str) -> None:
         if self._bar is not None:
-            self._bar.update(self._tiles, description=f"  {name}", completed=0, total=1, visible=True)
+            self._bar.update(self._tiles, description=f"  {name}", completed=0, total=1, visible=False)
 
     def tiles(self, done: int, total: int) -> None:
         if self._bar is not None:
-            self._bar.update(self._tiles, completed=done, total=total)
+            self._bar.update(self._tiles, completed=done, total=total, visible=True)
 
     def done_image(self) -> None:
         if self._bar is not None:

@@ -243,7 +243,7 @@ def resolve_model(
                 f"{text!r} is not a package in {model_packages_dir()}, a file, or a BioImage Model Zoo id; "
                 "`cartocell-bmz models` lists the available models."
             )
-        resolved = _from_bmz(text, model_id, cache, refresh=refresh)
+        resolved = _from_bmz(text, model_id, cache, refresh=refresh, notify=notify or _print_stderr)
 
     resolved = _with_checks(resolved, cache, trust=trust)
     say = notify or _print_stderr
@@ -288,12 +288,13 @@ def _from_path(value: str, path: Path, cache: Path, origin: str | None = None) -
     return _load(value, name, rdf, origin)
 
 
-def _from_bmz(value: str, model_id: str, cache: Path, *, refresh: bool) -> ResolvedModel:
+def _from_bmz(value: str, model_id: str, cache: Path, *, refresh: bool,
+              notify: Callable[[str], None]) -> ResolvedModel:
     folder = cache / "models" / _safe_id(model_id)
     if (folder / "rdf.yaml").is_file() and not refresh:
         return _load(value, model_id, folder / "rdf.yaml", "cache", model_id=model_id)
     try:
-        _download(model_id, folder)
+        _download(model_id, folder, notify)
     except ModelError as exc:
         if (folder / "rdf.yaml").is_file():  # refresh failed: fall back to the copy we have
             resolved = _load(value, model_id, folder / "rdf.yaml", "cache", model_id=model_id)
@@ -302,7 +303,7 @@ def _from_bmz(value: str, model_id: str, cache: Path, *, refresh: bool) -> Resol
     return _load(value, model_id, folder / "rdf.yaml", "bmz", model_id=model_id)
 
 
-def _download(model_id: str, folder: Path) -> None:
+def _download(model_id: str, folder: Path, notify: Callable[[str], None]) -> None:
     """Fetch ``model_id`` through bioimageio's id resolution into ``folder`` (atomically)."""
     import logging
 
@@ -327,6 +328,7 @@ def _download(model_id: str, folder: Path) -> None:
     if not raw:
         raise ModelError(f"model {model_id!r}: the BioImage Model Zoo returned an empty description.")
     base = str(opened.original_root).rstrip("/")
+    notify(f"downloading model {model_id} from {base} into {folder} (once: later runs use this copy)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
     try:
@@ -343,7 +345,7 @@ def _download(model_id: str, folder: Path) -> None:
             except ValueError:
                 raise ModelError(f"model {model_id!r}: its description lists {entry.source!r}, outside the package.") from None
             try:
-                reader = get_reader(f"{base}/{entry.source}")
+                reader = get_reader(f"{base}/{entry.source}", progressbar=False)
                 data = reader.read()
             except Exception as exc:
                 if entry.sha256 or entry.is_code_or_weights:
