@@ -109,6 +109,28 @@ def tile_for(shape: Sequence[int], tile: Sequence[int], divisor: Sequence[int]) 
     return tuple(out)  # type: ignore[return-value]
 
 
+#: A volume of up to this many training patches' voxels is predicted in one piece.
+WHOLE_VOLUME_PATCHES = 4
+
+
+def choose_tile(shape: Sequence[int], patch: Sequence[int]) -> tuple[int, int, int]:
+    """Tile for predicting a volume with a network trained on ``patch``-sized patches.
+
+    The whole volume when it holds at most :data:`WHOLE_VOLUME_PATCHES` patches'
+    worth of voxels (one pass, no seams), else the training patch size.
+
+    Examples
+    --------
+    >>> choose_tile((32, 96, 96), (32, 64, 64))
+    (32, 96, 96)
+    >>> choose_tile((80, 512, 512), (80, 80, 80))
+    (80, 80, 80)
+    """
+    if math.prod(int(s) for s in shape) <= WHOLE_VOLUME_PATCHES * math.prod(int(p) for p in patch):
+        return tuple(int(s) for s in shape)  # type: ignore[return-value]
+    return tuple(int(p) for p in patch)  # type: ignore[return-value]
+
+
 def tiled_logits(
     net: "torch.nn.Module",
     image: np.ndarray,
@@ -202,7 +224,7 @@ class LoadedRun:
     info : dict
         The run's ``model.json``.
     tile : tuple of int
-        Default tile size (the run's training patch size).
+        The run's training patch size (the default tile of large volumes).
     device : torch.device
     """
 
@@ -275,7 +297,7 @@ def predict_loaded(
     if volume.ndim != 3:
         raise InputError(f"a 3D (Z, Y, X) volume is needed, got shape {tuple(volume.shape)}")
     logits = tiled_logits(
-        run.net, normalize(volume), tuple(tile or run.tile), run.divisor,
+        run.net, normalize(volume), tuple(tile or choose_tile(volume.shape, run.tile)), run.divisor,
         overlap=overlap, device=run.device, batch_size=batch_size,
     )
     return sigmoid(logits)
@@ -300,7 +322,8 @@ def predict_run(
         Raw ``(Z, Y, X)`` image (any numeric type; normalised here over the whole volume).
     checkpoint : {"best", "last"}
     tile : sequence of 3 ints, optional
-        Tile size; default the run's training patch size.
+        Tile size; default :func:`choose_tile` (the whole volume, or the run's
+        training patch size for large volumes).
     overlap : float
         Overlap of neighbouring tiles as a fraction of the tile size.
     device : str

@@ -78,7 +78,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "preset": "tiny",
         "patch_size": (32, 64, 64),
         "batch_size": 2,
-        "epochs": 30,
+        "epochs": 40,
         "patches_per_epoch": 16,
         "lr": 3e-3,
         "weight_decay": 0.02,
@@ -442,12 +442,12 @@ def channel_iou(pred: np.ndarray, target: np.ndarray) -> list[float]:
 def _validate(net, volumes: list[_Volume], patch, div, device, pos_weight) -> tuple[float, list[float]]:
     import torch
 
-    from cartocell_bmz.inference import tiled_logits
+    from cartocell_bmz.inference import choose_tile, tiled_logits
 
     net.eval()
     losses, ious = [], []
     for vol in volumes:
-        logits = tiled_logits(net, vol.image, patch, div, device=device)
+        logits = tiled_logits(net, vol.image, choose_tile(vol.image.shape, patch), div, device=device)
         with torch.inference_mode():
             t = torch.from_numpy(vol.targets[None].astype(np.float32))
             lw = None if pos_weight is None else pos_weight.cpu()
