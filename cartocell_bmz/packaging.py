@@ -227,7 +227,12 @@ def read_run(run_dir: str | os.PathLike) -> TrainingRun:
     source = run / str(model.get("source", spec.source))
     if not source.is_file():
         source = networks.source_path(spec.name)
-    divisor = tuple(int(d) for d in model.get("divisor") or networks.divisor(spec.name, kwargs))
+    divisor = networks.divisor(spec.name, kwargs)
+    if model.get("divisor") is not None and [int(d) for d in model["divisor"]] != list(divisor):
+        raise ModelError(
+            f"{run / 'model.json'}: divisor {model['divisor']} differs from {list(divisor)} of its kwargs; "
+            "the run folder is inconsistent."
+        )
     return TrainingRun(
         path=run, arch=spec.name, callable=spec.callable, source=source, kwargs=kwargs,
         divisor=divisor,  # type: ignore[arg-type]
@@ -1114,7 +1119,7 @@ def save_cover(path: Path, raw: np.ndarray, probs: np.ndarray, spacing: Sequence
         (probs[1, z], "magma", f"{CHANNEL_NAMES[1]}", 1.0, "antialiased"),
         (probs[2, z], "magma", f"{CHANNEL_NAMES[2]}", 1.0, "antialiased"),
         (raw[:, y], "gray", "raw (y mid-slice)", aspect, "antialiased"),
-        (instances[z], cmap, f"watershed ({int(np.unique(instances).size - 1)} cells)", 1.0, "nearest"),
+        (instances[z], cmap, f"watershed ({int(np.unique(instances).size - 1)} cells in 3D)", 1.0, "nearest"),
         (voronoi[z], cmap, "Voronoi cells (z)", 1.0, "nearest"),
         (voronoi[:, y], cmap, "Voronoi cells (y)", aspect, "nearest"),
     ]
@@ -1233,7 +1238,7 @@ def documentation(
         "# Validation",
         "",
     ]
-    lines += _figures_markdown(figures)
+    lines += figures_markdown(figures)
     lines += [
         "",
         "## Limitations",
@@ -1262,8 +1267,13 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
-def _figures_markdown(figures: Mapping[str, Any] | None) -> list[str]:
-    """Validation figures as a markdown table (nested keys joined with '/')."""
+def figures_markdown(figures: Mapping[str, Any] | None) -> list[str]:
+    """Test-set figures as markdown lines for a ``# Validation`` section.
+
+    ``cartocell-bmz evaluate``'s ``summary.json`` becomes the eight columns of the
+    published CartoCell ranking and a per-threshold table; any other mapping a
+    table of its numbers (nested keys joined with ``/``) after its texts.
+    """
     if not figures:
         return [
             "No test-set figures were given when this package was built. Measure them with "
@@ -1271,6 +1281,8 @@ def _figures_markdown(figures: Mapping[str, Any] | None) -> list[str]:
             "(channel IoU, F1, PQ and mean true score at IoU 0.5 and 0.75), and `cartocell-bmz validate` "
             "checks that the package reproduces its test output."
         ]
+    if isinstance(figures.get("dataset"), Mapping) and isinstance(figures.get("channel_iou"), Mapping):
+        return _summary_markdown(figures)
     flat = _flatten(figures)
     numbers = [(k, v) for k, v in flat if isinstance(v, (int, float)) and not isinstance(v, bool)]
     texts = [(k, v) for k, v in flat if isinstance(v, str)]
@@ -1281,6 +1293,53 @@ def _figures_markdown(figures: Mapping[str, Any] | None) -> list[str]:
         lines.append("")
     lines += ["| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in numbers]
+    return lines
+
+
+def _summary_markdown(summary: Mapping[str, Any]) -> list[str]:
+    """``cartocell-bmz evaluate``'s ``summary.json`` as the published columns and a per-threshold table."""
+    from cartocell_bmz.ranking import RANKING_COLUMNS
+
+    per_threshold = summary["dataset"]
+
+    def at(threshold: float) -> Mapping[str, Any]:
+        for key, value in per_threshold.items():
+            try:
+                if abs(float(key) - threshold) < 1e-9:
+                    return value
+            except ValueError:
+                continue
+        return {}
+
+    def cell(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
+
+    values = []
+    for _, key, threshold in RANKING_COLUMNS:
+        if threshold is None:
+            values.append(summary["channel_iou"].get(key.split("_")[-1]))
+        else:
+            values.append(at(threshold).get(key))
+    n = summary.get("n_images", "?")
+    lines = [
+        f"Test set: {n} held-out cysts; figures averaged over images "
+        f"(`cartocell-bmz evaluate`, {summary.get('target_mode', '?')} targets), in the columns of the "
+        "published CartoCell ranking.",
+        "",
+        "| " + " | ".join(c[0] for c in RANKING_COLUMNS) + " |",
+        "|" + "---|" * len(RANKING_COLUMNS),
+        "| " + " | ".join(cell(v) for v in values) + " |",
+        "",
+        "| IoU threshold | precision | recall | F1 | PQ | MTS | TP | FP | FN |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, row in per_threshold.items():
+        if isinstance(row, Mapping):
+            lines.append(
+                f"| {key} | " + " | ".join(cell(row.get(k)) for k in (
+                    "precision", "recall", "f1", "panoptic_quality", "mean_true_score"))
+                + " | " + " | ".join(str(row.get(k, "n/a")) for k in ("tp", "fp", "fn")) + " |"
+            )
     return lines
 
 
@@ -1483,6 +1542,7 @@ __all__ = [
     "check_metadata",
     "choose_halo",
     "export_torchscript",
+    "figures_markdown",
     "halo_units",
     "load_network",
     "read_figures",

@@ -31,6 +31,7 @@ from cartocell_bmz.packaging import (
     PackageMetadata,
     blocked_difference,
     build_package,
+    figures_markdown,
     halo_units,
     load_network,
     read_figures,
@@ -415,6 +416,26 @@ def test_bad_options_give_one_line_errors(tmp_path, built):
     with pytest.raises(InputError, match="smaller than the package's minimum"):
         build_package(run, tmp_path / "p.zip", test_volume=tiny, metadata=PackageMetadata(halo=(6, 8, 8)))
     assert not (tmp_path / "p.zip").exists()
+
+
+def test_evaluate_summary_becomes_the_published_columns():
+    summary = {
+        "n_images": 3, "target_mode": "cartocell", "channel_iou": {"B": 0.8, "C": 0.5, "M": 0.9},
+        "dataset": {
+            "0.3": {"precision": 1.0, "recall": 0.9, "f1": 0.95, "panoptic_quality": 0.8, "mean_true_score": 0.7,
+                    "tp": 9, "fp": 0, "fn": 1},
+            "0.5": {"precision": 0.9, "recall": 0.8, "f1": 0.85, "panoptic_quality": 0.7, "mean_true_score": 0.6,
+                    "tp": 8, "fp": 1, "fn": 2},
+            "0.75": {"precision": 0.5, "recall": 0.4, "f1": 0.45, "panoptic_quality": 0.35, "mean_true_score": 0.3,
+                     "tp": 4, "fp": 5, "fn": 6},
+        },
+        "by_image": {}, "pooled": {},
+    }
+    lines = figures_markdown(summary)
+    assert "| IoU B | IoU C | IoU M | F1@0.5 | PQ@0.5 | MTS@0.5 | F1@0.75 | PQ@0.75 |" in lines
+    assert "| 0.800 | 0.500 | 0.900 | 0.850 | 0.700 | 0.600 | 0.450 | 0.350 |" in lines
+    assert "| 0.75 | 0.500 | 0.400 | 0.450 | 0.350 | 0.300 | 4 | 5 | 6 |" in lines
+    assert lines[0].startswith("Test set: 3 held-out cysts")
 
 
 def test_read_figures(tmp_path):

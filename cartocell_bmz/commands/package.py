@@ -42,9 +42,16 @@ def command(
     C_contours, M_mask. Builds offline; rebuilding the same run gives the same
     weights and rdf.yaml. Check the result with `cartocell-bmz validate`.
     """
-    from cartocell_bmz.packaging import PackageMetadata, build_package, read_figures
+    from cartocell_bmz.packaging import PackageMetadata, build_package, read_figures, read_run
 
     figures = read_figures(test_figures) if test_figures is not None else None
+    status = read_run(run).status
+    if not status.get("finished"):
+        typer.echo(
+            f"note: {run} has not finished training (epoch {status.get('epoch', '?')} of {status.get('epochs', '?')}); "
+            "packaging its best checkpoint so far.",
+            err=True,
+        )
     metadata = PackageMetadata(
         name=name,
         description=description,
