@@ -9,9 +9,9 @@ from the whole image.
   CartoCell models) is applied once to the whole volume by core, so its
   statistics are the whole image's, not each tile's.
 - Tiles: fixed-size models get their fixed tile (80^3 for the six published
-  models); models with parameterised sizes get a tile chosen from
-  ``min + n * step`` (default about :data:`DEFAULT_TILE`, never larger than the
-  volume needs).  Tile starts are aligned to the network's pooling factor, so
+  models); models with parameterised sizes get the tile of ``min + n * step``
+  voxels per axis that predicts the fewest voxels in all, among tiles of at
+  most :data:`MAX_TILE_VOXELS` (or the one given).  Tile starts are aligned to the network's pooling factor, so
   each tile computes what a whole-volume prediction computes; a margin
   (at least the output halo the package declares) is dropped where tiles
   meet and neighbours are blended with a smooth window (:mod:`cartocell_bmz.tiling`).
@@ -48,8 +48,11 @@ from cartocell_bmz.errors import ConfigError, InputError, ModelError
 from cartocell_bmz.layout import CHANNELS
 from cartocell_bmz.tiling import TilePlan, accumulate, extract_tile, plan_tiles
 
-#: Default tile (z, y, x) for models with parameterised sizes (about 0.5 M voxels).
+#: Tile (z, y, x) on which the margins of a model with parameterised sizes are measured.
 DEFAULT_TILE: tuple[int, int, int] = (32, 128, 128)
+#: Largest tile (voxels) chosen for a model with parameterised sizes: about 0.6 GB of
+#: activations for the tiny networks, 2 GB for the published network size.
+MAX_TILE_VOXELS = 1 << 20
 #: Largest change of a probability that tile edges may cause after blending; margins
 #: and overlaps are chosen to meet it (half the 0.01 the project promises).
 EDGE_TOLERANCE = 0.005
@@ -411,6 +414,71 @@ def choose_margin(profile: Sequence[float], tile: int, align: int, minimum: int 
     return int(minimum), 0, float("inf")
 
 
+def _valid_sizes(descr: Any, extent: Sequence[int]) -> list[list[int]]:
+    """Per axis, the valid input sizes from the minimum up to the first one holding ``extent``."""
+    from bioimageio.spec.model import v0_5
+
+    out = []
+    for axis, e in zip(descr.inputs[0].axes[2:], extent):
+        size = axis.size
+        if isinstance(size, int):
+            out.append([size])
+        elif isinstance(size, v0_5.ParameterizedSize):
+            mn, st = int(size.min), int(size.step)
+            top = mn if st == 0 or e <= mn else mn + -(-(e - mn) // st) * st
+            out.append(list(range(mn, top + 1, st)) if st else [mn])
+        else:  # pragma: no cover - refused by tile_geometry
+            out.append([int(e)])
+    return out
+
+
+def choose_tile(
+    extent: Sequence[int],
+    sizes: Sequence[Sequence[int]],
+    margin: Sequence[int],
+    overlap: Sequence[int],
+    align: Sequence[int],
+    max_voxels: int,
+) -> tuple[int, int, int]:
+    """The tile predicting the fewest voxels in all, among tiles of at most ``max_voxels``.
+
+    Parameters
+    ----------
+    extent : sequence of 3 int
+        Volume size plus its mirrored border on both sides.
+    sizes : three sequences of int
+        Valid tile sizes per axis.
+    margin, overlap, align : sequence of 3 int
+        As in :func:`cartocell_bmz.tiling.axis_tiling`.
+    max_voxels : int
+        Largest tile volume.
+
+    Examples
+    --------
+    >>> choose_tile((100, 300, 300), [range(8, 101, 4), range(16, 301, 8), range(16, 301, 8)],
+    ...             (6, 12, 12), (0, 0, 0), (1, 4, 4), 1 << 20)
+    (100, 80, 120)
+    """
+    per_axis = []
+    for e, cand, m, o, a in zip(extent, sizes, margin, overlap, align):
+        t = np.asarray(list(cand), np.float64)
+        stride = np.floor((t - 2 * m - o) / a) * a
+        with np.errstate(divide="ignore", invalid="ignore"):
+            n = np.where(e <= t, 1.0, np.where(stride >= a, np.ceil((e - t) / np.maximum(stride, 1)) + 1, np.inf))
+        per_axis.append((t, n * t))
+    (tz, cz), (ty, cy), (tx, cx) = per_axis
+    vol = tz[:, None, None] * ty[None, :, None] * tx[None, None, :]
+    cost = cz[:, None, None] * cy[None, :, None] * cx[None, None, :]
+    cost = np.where(vol <= max_voxels, cost, np.inf)
+    if not np.isfinite(cost).any():
+        i = (0, 0, 0)  # even the smallest tiles are too large or too small: take the smallest
+    else:
+        best = cost.min()
+        ok = np.flatnonzero(cost.ravel() <= best * (1 + 1e-9))
+        i = np.unravel_index(ok[np.argmin(vol.ravel()[ok])], cost.shape)
+    return (int(tz[i[0]]), int(ty[i[1]]), int(tx[i[2]]))
+
+
 def _floor(profile: Sequence[float], tolerance: float) -> float:
     """The part of an edge profile that does not fade with distance (0 when it still fades).
 
@@ -458,6 +526,8 @@ class Predictor:
         margins are kept in ``<cache>/margins/``.
     tolerance : float
         Largest probability change tile edges may cause (:data:`EDGE_TOLERANCE`).
+    max_tile_voxels : int
+        Largest tile chosen for models with parameterised sizes (:data:`MAX_TILE_VOXELS`).
 
     Notes
     -----
@@ -488,6 +558,7 @@ class Predictor:
         trust: bool = False,
         cache_dir: Any = None,
         tolerance: float = EDGE_TOLERANCE,
+        max_tile_voxels: int = MAX_TILE_VOXELS,
     ) -> None:
         from cartocell_bmz.resolve import resolve_model
 
@@ -521,6 +592,8 @@ class Predictor:
         self._pipeline = None
         self._checked_range = False
         self._margins: dict[tuple[int, int, int], EdgeMargins] = {}
+        self._geometries: dict[tuple[int, ...], TileGeometry] = {}
+        self.max_tile_voxels = int(max_tile_voxels)
         self._warned: set = set()
         self.geometry_fixed = True
         self._stat: dict = {}
@@ -560,8 +633,31 @@ class Predictor:
 
     # -- planning
     def geometry(self, shape: Sequence[int]) -> TileGeometry:
-        """Tile geometry for a volume of ``shape``."""
-        return tile_geometry(self.model.description, shape, self.tile_request)
+        """Tile geometry for a volume of ``shape``.
+
+        Fixed-size models use their tile; with parameterised sizes the tile is
+        the requested one or, by default, the one of at most ``max_tile_voxels``
+        voxels that predicts the fewest voxels in all (:func:`choose_tile`),
+        given the measured margins.
+        """
+        descr = self.model.description
+        key = tuple(int(s) for s in shape)
+        if key in self._geometries:
+            return self._geometries[key]
+        g = tile_geometry(descr, shape, self.tile_request)
+        if not g.fixed and self.tile_request is None:
+            border = tuple(o + h for o, h in zip(g.offset, g.halo))
+            extent = tuple(s + 2 * b for s, b in zip(shape, border))
+            sizes = _valid_sizes(descr, extent)
+            whole = tuple(c[-1] for c in sizes)
+            if math.prod(whole) <= self.max_tile_voxels:
+                tile = whole  # one tile holds the volume: nothing to measure
+            else:
+                em = self.edge_margins(tile_geometry(descr, None, None))
+                tile = choose_tile(extent, sizes, em.margin, em.overlap, g.align, self.max_tile_voxels)
+            g = tile_geometry(descr, shape, tile)
+        self._geometries[key] = g
+        return g
 
     def edge_margins(self, geometry: TileGeometry) -> EdgeMargins:
         """Margins and blending ramps for tiles of ``geometry`` (measured once, then cached)."""
@@ -571,11 +667,15 @@ class Predictor:
             margin = tuple(o + max(h, m) for o, h, m in zip(g.offset, g.halo, self.margin_request))
             overlap = self.overlap_request or (4, 4, 4)
             return EdgeMargins(g.tile, margin, overlap, (float("nan"),) * 3, measured=False)  # type: ignore[arg-type]
-        if g.tile in self._margins:
-            found = self._margins[g.tile]
+        if not g.fixed and self.tile_request is None:
+            g_ref = tile_geometry(self.model.description, None, None)  # margins are measured on one tile size
         else:
-            found = self._cached_margins(g) or self._measure_margins(g)
-            self._margins[g.tile] = found
+            g_ref = g
+        if g_ref.tile in self._margins:
+            found = self._margins[g_ref.tile]
+        else:
+            found = self._cached_margins(g_ref) or self._measure_margins(g_ref)
+            self._margins[g_ref.tile] = found
         margin = tuple(max(b, m) for b, m in zip(base, found.margin))
         overlap = self.overlap_request or found.overlap
         if g.tile not in self._warned and (not found.met or max(found.floor) > self.tolerance):
@@ -915,6 +1015,7 @@ def predict_whole(predictor: Predictor, volume: np.ndarray, *, core: bool = Fals
 __all__ = [
     "DEFAULT_TILE",
     "EDGE_TOLERANCE",
+    "MAX_TILE_VOXELS",
     "EdgeMargins",
     "Predictor",
     "TileGeometry",
@@ -922,6 +1023,7 @@ __all__ = [
     "blended_edge_error",
     "channel_order",
     "choose_margin",
+    "choose_tile",
     "envelope",
     "predict_probabilities",
     "predict_whole",

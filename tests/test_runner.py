@@ -136,6 +136,33 @@ def test_tile_requests_are_checked(packages):
         Predictor(packages["param"], trust=True, device="cuda:0")
 
 
+def test_default_tile_of_a_parameterised_model(packages, monkeypatch):
+    with Predictor(packages["param"], trust=True, max_tile_voxels=32 * 64 * 64) as p:
+        with monkeypatch.context() as m:
+            m.setattr(Predictor, "_measure_margins", lambda self, g: pytest.fail("measured"))
+            # volume + halo (28 x 58 x 58) fits one valid tile: no margins needed
+            assert p.geometry((20, 50, 50)).tile == (28, 64, 64)
+        g = p.geometry((60, 200, 200))
+        plan = p.plan((60, 200, 200))
+    assert np.prod(g.tile) <= 32 * 64 * 64
+    assert (g.tile[0] - 12) % 2 == 0 and all((t - 16) % 8 == 0 for t in g.tile[1:])
+    # no other tile within the budget predicts fewer voxels with these margins
+    em = p.edge_margins(g)
+    from cartocell_bmz.tiling import plan_tiles
+
+    best = plan.n_tiles * np.prod(plan.tile)
+    for tz in range(12, 61, 2):
+        for ty in range(16, 209, 8):
+            if tz * ty * ty > 32 * 64 * 64:
+                continue
+            try:
+                other = plan_tiles((60, 200, 200), (tz, ty, ty), margin=em.margin, overlap=em.overlap,
+                                   align=g.align, border=(4, 4, 4))
+            except ValueError:
+                continue
+            assert other.n_tiles * np.prod(other.tile) >= best
+
+
 def test_parameterised_package_and_batches(packages, cyst):
     kw = dict(trust=True, tile=(32, 48, 48), margin=RF_SMALL, overlap=2)
     with Predictor(packages["param"], batch_size=1, **kw) as p1:
