@@ -321,3 +321,34 @@ def _callable(arch: str) -> str:
     from cartocell_bmz.networks import ARCHITECTURES
 
     return ARCHITECTURES[arch].callable
+
+
+def _model_packages() -> list:
+    """One case per package in model_packages/ (the first in the default run, the others marked slow)."""
+    from cartocell_bmz.resolve import local_packages
+
+    found = sorted(local_packages().items())
+    if not found:
+        return [pytest.param(None, marks=pytest.mark.skip(reason="model_packages/ holds no package yet"))]
+    return [pytest.param(path, id=name, marks=() if i == 0 else pytest.mark.slow) for i, (name, path) in enumerate(found)]
+
+
+@pytest.mark.parametrize("package", _model_packages())
+def test_model_packages_match_whole_volume(package):
+    """Every package of this project, tiled on a cyst larger than one tile, equals whole-volume prediction."""
+    from cartocell_bmz.phantoms import make_cyst
+
+    vol = make_cyst((40, 112, 112), (1.0, 0.5, 0.5), stage="day10", seed=4).raw
+    with Predictor(package, trust=True, max_tile_voxels=32 * 64 * 64, batch_size=2) as p:
+        plan = p.plan(vol.shape)
+        assert plan.n_tiles > 1
+        em = p.edge_margins(p.geometry(vol.shape))
+        tiled = p.predict(vol)
+        whole = predict_whole(p, vol)
+        formats = p.model.weight_formats
+    diff = np.abs(_inner(tiled - whole, (8, 16, 16))).max()
+    assert diff <= 0.01 + 2 * max(em.floor), (diff, em)
+    if "torchscript" in formats:
+        with Predictor(package, weights="torchscript", trust=True, max_tile_voxels=32 * 64 * 64, batch_size=2) as t:
+            ts = t.predict(vol)
+        assert np.abs(ts - tiled).max() < 1e-4
