@@ -29,7 +29,7 @@ STAGES: dict[str, tuple[float, float]] = {"day4": (0.62, 0.45), "day7": (0.8, 0.
 #: Default number of volumes per split (small: demo and tests stay fast on 2 cores).
 DEFAULT_COUNTS: dict[str, int] = {"train_M1": 4, "validation": 2, "train_M2": 8, "test": 4}
 #: Default low-resolution volume shape (z, y, x) and voxel size (micrometres).
-DEFAULT_SHAPE: tuple[int, int, int] = (32, 96, 96)
+DEFAULT_SHAPE: tuple[int, int, int] = (40, 96, 96)
 DEFAULT_SPACING: tuple[float, float, float] = (1.0, 0.5, 0.5)
 
 
