@@ -679,7 +679,7 @@ def build_description(
 
     metadata = metadata or PackageMetadata()
     run = read_run(run_dir)
-    work = Path(work_dir)
+    work = Path(work_dir).absolute()  # bioimageio resolves relative sources against the context root
     work.mkdir(parents=True, exist_ok=True)
     net = load_network(run)
     volume, spacing, volume_origin = _test_volume(test_volume, run.divisor)
@@ -700,8 +700,9 @@ def build_description(
         if not halo.met:
             raise ModelError(
                 f"{run.path}: blocked and whole-volume predictions still differ by {halo.max_difference:.3f} "
-                f"with halo {halo.halo}, the largest a {tuple(volume.shape)} test volume allows; "
-                "give a larger --test-volume or an explicit --halo."
+                f"with halo {halo.halo}, the largest a {tuple(volume.shape)} test volume allows (the network's "
+                "context reaches further, e.g. through dilated convolutions or global pooling); give a larger "
+                "--test-volume, or an explicit --halo to package it with that difference documented."
             )
     with torch.no_grad():
         probs = torch.sigmoid(net(torch.from_numpy(_normalise(volume))[None, None]))[0].numpy()
@@ -1187,9 +1188,7 @@ def documentation(
         "",
         f"Input axes `batch, channel, z, y, x`; spatial sizes `min + n * step` with min {sizes.minimum} "
         f"and step {sizes.step} (z, y, x). Outputs have the input's size and a halo of {sizes.halo} "
-        "voxels to crop from each side of every block when tiling. The halo was measured on the trained "
-        f"network: with it, blocked and whole-volume probabilities differed by at most "
-        f"{halo.max_difference:.2g} (bound {halo.tolerance}) on {volume_origin}.",
+        "voxels to crop from each side of every block when tiling. " + _halo_text(halo, volume_origin),
         "",
         "Note for bioimageio.core 0.11: its whole-volume `predict` (no `blocksize_parameter`) pads the "
         "halo before computing the normalisation statistics, which changes them; use blocked prediction "
@@ -1254,6 +1253,22 @@ def documentation(
         "",
     ]
     return "\n".join(lines)
+
+
+def _halo_text(halo: HaloChoice, volume_origin: str) -> str:
+    if halo.trials:
+        return (
+            "The halo was measured on the trained network as the smallest with which even the smallest "
+            f"blocks agree with whole-volume prediction to {halo.tolerance}: they differed by at most "
+            f"{halo.max_difference:.2g} on {volume_origin}."
+        )
+    text = (
+        f"The halo was set when packaging; with it, the smallest blocks differed from whole-volume "
+        f"prediction by at most {halo.max_difference:.2g} on {volume_origin}"
+    )
+    if halo.max_difference > halo.tolerance:
+        return text + f", more than {halo.tolerance}: tile with large blocks or predict whole volumes."
+    return text + "."
 
 
 def _voxel_text(run: TrainingRun, spacing: Sequence[float]) -> str:
@@ -1428,7 +1443,7 @@ def build_package(
 
     if format not in ("zip", "folder"):
         raise ConfigError(f"--format {format!r} is not one of zip, folder.")
-    out = Path(out)
+    out = Path(out).absolute()
     _check_out(out, format)
     check_metadata(metadata or PackageMetadata())
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -331,13 +331,14 @@ def test_blocked_prediction_equals_whole_volume_in_plain_bioimageio_core(built):
     assert result["max_diff"] <= 0.01
 
 
-def test_rebuild_with_the_cli_gives_identical_weights_and_rdf(built):
+def test_rebuild_with_the_cli_gives_identical_weights_and_rdf(built, monkeypatch):
     from typer.testing import CliRunner
 
     from cartocell_bmz.cli import app
 
+    monkeypatch.chdir(built["root"])
     out = built["root"] / "again"
-    args = ["package", str(built["run"]), "--out", str(out), "--format", "folder",
+    args = ["package", str(built["run"]), "--out", "again", "--format", "folder",  # a relative --out
             "--name", METADATA.name, "--author", "A. Tester", "--author", "B. Tester", "--version", "0.2.0",
             "--test-volume", str(built["volume"]), "--test-figures", str(built["root"] / "figures.json")]
     with no_network() as attempts:
