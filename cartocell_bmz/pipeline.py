@@ -335,8 +335,8 @@ def comparison_markdown(comparison: Mapping[str, Mapping[str, Any]]) -> str:
 
     Examples
     --------
-    >>> print(comparison_markdown({"M1": {"f1@0.5": 0.9, "arch": "unet"}}).splitlines()[2][:28])
-    | M1 | unet | 0.900 | – | –
+    >>> print(comparison_markdown({"M1": {"f1@0.5": 0.9, "arch": "unet"}}).splitlines()[2])
+    | M1 | unet | 0.900 | – | – | – | – | – | – | – | – |
     """
     head = ["model", "arch"] + [title for _, title in COMPARISON_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

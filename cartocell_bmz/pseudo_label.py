@@ -104,24 +104,18 @@ def _predictor_for(model: str | os.PathLike, *, device: str = "auto") -> Predict
     The one place that knows how a ``--model`` value becomes a prediction:
     a training run folder is predicted with the plain tiled forward pass of
     :mod:`cartocell_bmz.inference`; anything else (a BMZ package folder, zip,
-    ``rdf.yaml`` or id) goes through the BMZ runner when it is available.
+    ``rdf.yaml``, a name in ``model_packages/`` or a BMZ id) goes through the
+    BMZ runner (:class:`cartocell_bmz.runner.Predictor`), which raises
+    :class:`~cartocell_bmz.errors.ModelError` for what it cannot resolve.
     """
     if is_training_run(model):
         from cartocell_bmz.inference import load_run, predict_loaded
 
         run = load_run(model, device=device)
         return lambda volume: predict_loaded(run, volume)
-    try:
-        from cartocell_bmz import runner
-    except ImportError:
-        runner = None
-    factory = getattr(runner, "predictor_for", None) if runner is not None else None
-    if factory is None:
-        raise ModelError(
-            f"{model}: not a training run folder (no model.json); BMZ packages need the BMZ runner, "
-            "which this installation lacks."
-        )
-    return factory(model, device=device)
+    from cartocell_bmz.runner import Predictor as BMZPredictor
+
+    return BMZPredictor(model, device=device).predict
 
 
 def segment_volume(
