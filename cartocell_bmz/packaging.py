@@ -30,6 +30,13 @@ TorchScript export runs in a subprocess with a fixed ``PYTHONHASHSEED`` and the
 architecture file under a relative name (TorchScript archives otherwise embed
 set-ordered attributes and source paths), the test output is computed on one
 thread, and the description's timestamp is pinned to the run (``status.json``).
+TorchScript's debug information also names torch's own source files, so its
+bytes are identical for the same torch version installed at the same path.
+
+bioimageio.core 0.11 caveat: its un-blocked ``predict`` pads the halo *before*
+computing the normalisation statistics, so for a small volume it normalises
+with statistics that include the mirrored padding and differs from blocked
+prediction (which uses the image's own statistics, as training did).
 """
 
 from __future__ import annotations
@@ -1013,8 +1020,9 @@ def export_torchscript(
     TorchScript archives embed class attributes in Python's set order (which
     depends on ``PYTHONHASHSEED``) and the source file names of the scripted
     code, so the export runs in a subprocess with ``PYTHONHASHSEED=0``, one
-    thread, and the architecture file imported under its bare name from its own
-    folder.  The same weights then give byte-identical files (same torch version).
+    thread, and the architecture file compiled under its bare name from its own
+    folder.  The same weights then give byte-identical files with the same torch
+    installation (the debug information names torch's own source files).
     """
     args = {
         "arch": arch_file.name, "callable": callable_name, "kwargs": dict(kwargs),
