@@ -19,11 +19,14 @@ from cartocell_bmz.runner import (
     predict_whole,
     tile_geometry,
 )
-from lookalike import PUBLISHED_IDS, build_lookalike, calibrated_network
+from cartocell_bmz.resolve import local_packages
+from lookalike import PUBLISHED_IDS, build_lookalike
 from test_resolve import SMALL_KWARGS
 
 #: A one-level network: two 3x3x3 convolutions, so every output voxel sees +-2 voxels.
 ONE_LEVEL = {**SMALL_KWARGS, "feature_maps": [4], "z_down": [], "dropout": [0.0]}
+#: The project's own packages (read before the tests point CARTOCELL_BMZ_MODEL_PACKAGES elsewhere).
+MODEL_PACKAGES = local_packages()
 #: Context of the two-level network (SMALL_KWARGS): +-6 in z, +-10 in y and x (pooling included).
 RF_SMALL = (6, 10, 10)
 
@@ -278,12 +281,14 @@ def test_segment_returns_cells(packages, cyst):
 def test_published_size_lookalikes_match_whole_volume(model_id, tmp_path):
     """The six look-alikes at the published 80^3, default (measured) margins, a cyst larger than a tile."""
     from cartocell_bmz.phantoms import make_cyst
-    from cartocell_bmz.networks import preset_kwargs
 
     arch = {"happy-honeybee": "unet", "heroic-otter": "attention_unet", "idealistic-turtle": "seunet",
             "intelligent-lion": "resunetpp", "merry-water-buffalo": "resunet", "venomous-swan": "resunet_se"}[model_id]
-    net = trained_or_calibrated(arch)
-    pkg = build_lookalike(tmp_path / model_id, model_id, size=80, kwargs=preset_kwargs(arch, "tiny"), net=net)
+    found = trained_weights(arch)
+    if found is None:
+        pytest.skip(f"no trained {arch} in model_packages/ (random weights reach far beyond any margin)")
+    net, net_kwargs = found
+    pkg = build_lookalike(tmp_path / model_id, model_id, size=80, kwargs=net_kwargs, net=net)
     vol = make_cyst((48, 176, 176), (1.0, 0.5, 0.5), stage="day10", seed=2).raw
     with Predictor(pkg, trust=True, batch_size=2) as p:
         em = p.edge_margins(p.geometry(vol.shape))
@@ -294,16 +299,15 @@ def test_published_size_lookalikes_match_whole_volume(model_id, tmp_path):
     assert diff <= 0.01 + 2 * max(em.floor), (diff, em)
 
 
-def trained_or_calibrated(arch: str):
-    """This project's trained weights of ``arch`` from model_packages/ when there, else calibrated random ones."""
+def trained_weights(arch: str):
+    """This project's trained network ``arch`` from a package in model_packages/, else ``None``."""
     import torch
 
-    from cartocell_bmz.networks import preset_kwargs
-    from cartocell_bmz.resolve import local_packages, resolve_model
+    from cartocell_bmz.resolve import resolve_model
 
-    for name in local_packages():
+    for path in MODEL_PACKAGES.values():
         try:
-            r = resolve_model(name)
+            r = resolve_model(str(path), trust=True, notify=lambda message: None)
         except Exception:
             continue
         w = r.description.weights.pytorch_state_dict
@@ -313,8 +317,8 @@ def trained_or_calibrated(arch: str):
 
         net = build_network(arch, **dict(w.architecture.kwargs))
         net.load_state_dict(torch.load(r.root / str(w.source), weights_only=True))
-        return net.eval()
-    return calibrated_network(arch, preset_kwargs(arch, "tiny"))
+        return net.eval(), dict(w.architecture.kwargs)
+    return None
 
 
 def _callable(arch: str) -> str:
@@ -325,9 +329,7 @@ def _callable(arch: str) -> str:
 
 def _model_packages() -> list:
     """One case per package in model_packages/ (the first in the default run, the others marked slow)."""
-    from cartocell_bmz.resolve import local_packages
-
-    found = sorted(local_packages().items())
+    found = sorted(MODEL_PACKAGES.items())
     if not found:
         return [pytest.param(None, marks=pytest.mark.skip(reason="model_packages/ holds no package yet"))]
     return [pytest.param(path, id=name, marks=() if i == 0 else pytest.mark.slow) for i, (name, path) in enumerate(found)]
