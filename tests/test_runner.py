@@ -341,7 +341,7 @@ def test_model_packages_match_whole_volume(package):
     from cartocell_bmz.phantoms import make_cyst
 
     vol = make_cyst((40, 112, 112), (1.0, 0.5, 0.5), stage="day10", seed=4).raw
-    with Predictor(package, trust=True, max_tile_voxels=32 * 64 * 64, batch_size=2) as p:
+    with Predictor(package, trust=True, max_tile_voxels=48 * 96 * 96, batch_size=2) as p:
         plan = p.plan(vol.shape)
         assert plan.n_tiles > 1
         em = p.edge_margins(p.geometry(vol.shape))
@@ -351,6 +351,6 @@ def test_model_packages_match_whole_volume(package):
     diff = np.abs(_inner(tiled - whole, (8, 16, 16))).max()
     assert diff <= 0.01 + 2 * max(em.floor), (diff, em)
     if "torchscript" in formats:
-        with Predictor(package, weights="torchscript", trust=True, max_tile_voxels=32 * 64 * 64, batch_size=2) as t:
+        with Predictor(package, weights="torchscript", trust=True, max_tile_voxels=48 * 96 * 96, batch_size=2) as t:
             ts = t.predict(vol)
         assert np.abs(ts - tiled).max() < 1e-4
