@@ -249,7 +249,8 @@ def axis_tiling(
         n = -(-(extent - tile) // stride) + 1
         last = -(-(extent - tile) // align) * align
         padded_starts = [i * stride for i in range(n - 1)] + [last]
-    starts = tuple(s - border for s in padded_starts)
+    # a tile holding no voxel of the volume (possible in a wide border) is of no use
+    starts = tuple(s - border for s in padded_starts if s - border < size and s - border + tile > 0)
     n = len(starts)
 
     raw: list[np.ndarray] = []

@@ -110,3 +110,10 @@ def test_weights_always_sum_to_one(size, tile, margin, overlap, align, border):
     assert np.allclose(_coverage(t), 1.0, atol=1e-5)
     assert all((s + border) % align == 0 for s in t.starts)
     assert all(w.min() >= 0 for w in t.weights)
+
+
+def test_tiles_holding_only_border_are_dropped():
+    # found by hypothesis: a one-voxel volume with a 6-voxel mirrored border planned a second,
+    # empty tile
+    t = axis_tiling(1, 8, margin=0, overlap=0, align=4, border=6)
+    assert t.starts == (-6,) and t.weights[0].tolist() == [0, 0, 0, 0, 0, 0, 1, 0]
