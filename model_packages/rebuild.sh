@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Rebuilds the six packages in model_packages/ from scratch, on CPU, with the CartoCell
+# phases: M1 on curated cysts -> pseudo-labels of train_M2 -> six M2 variants.
+# Run from the repository root: bash model_packages/rebuild.sh   (about an hour on 2 cores)
+set -euo pipefail
+DATA=data/synthetic
+RUNS=runs/synthetic
+TRAIN=(--preset tiny --patch 32 64 64 --epochs 40 --seed 0 --device cpu)
+
+# 1. synthetic CartoCell-layout dataset (40 x 96 x 96 cysts, 4/2/8/4 volumes)
+cartocell-bmz phantoms "$DATA" --seed 0
+# 2. M1: residual U-Net on train_M1
+cartocell-bmz train --train "$DATA/train_M1" --val "$DATA/validation" --arch resunet "${TRAIN[@]}" --out "$RUNS/M1"
+# 3. pseudo-labels of train_M2 (prediction + watershed + Voronoi with M1)
+cartocell-bmz pseudo-label --model "$RUNS/M1" --input "$DATA/train_M2/x" --out "$RUNS/pseudo_labels"
+# 4. M2 variants on the pseudo-labels, 5. packages with their synthetic test-set figures
+for arch in unet attention_unet seunet resunetpp resunet resunet_se; do
+  cartocell-bmz train --train "$RUNS/pseudo_labels" --val "$DATA/validation" --arch "$arch" "${TRAIN[@]}" --out "$RUNS/M2_$arch"
+  name="synthetic-${arch//_/-}"
+  halo=()
+  # squeeze-and-excitation (and ResUNet++'s ASPP) see the whole block: no halo reaches 0.01 (see README)
+  case "$arch" in resunetpp|resunet_se) halo=(--halo 8 16 16) ;; esac
+  # synthetic test-set figures of the run (prediction + watershed + Voronoi + evaluation)
+  python -c "from cartocell_bmz.pipeline import evaluate_run; evaluate_run('$RUNS/M2_$arch', '$DATA/test', '$RUNS/eval_$arch', device='cpu')"
+  cartocell-bmz package "$RUNS/M2_$arch" --out "model_packages/$name" --format folder "${halo[@]}" \
+    --test-figures "$RUNS/eval_$arch/summary.json"
+done

@@ -1,0 +1,218 @@
+"""3D Residual Squeeze-and-Excitation U-Net, self-contained: imports only torch.
+
+The 3D residual U-Net of ``resunet.py`` (CartoCell's network: full
+pre-activation residual blocks with a 1x1x1 shortcut, max pooling
+``(z_down, 2, 2)``, transposed convolution up, skip connections concatenated,
+1x1x1 head) whose residual branches end with a squeeze-and-excitation block
+before the addition, as in SE-ResNet (Hu, Shen & Sun, "Squeeze-and-excitation
+networks", CVPR 2018, doi:10.1109/CVPR.2018.00745); the published CartoCell
+model venomous-swan uses this architecture.
+
+The network returns logits ``(N, out_channels, Z, Y, X)`` (B, C, M for
+CartoCell); apply a sigmoid to get probabilities.  Y and X must be multiples
+of ``2 ** (len(feature_maps) - 1)``, Z of the product of ``z_down``.
+
+This file is carried as-is by BioImage Model Zoo packages: keep it free of
+imports other than torch, typing and math.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = ["ResUNet_SE"]
+
+
+def _levels(
+    feature_maps: Sequence[int], z_down: Sequence[int], dropout: Union[float, Sequence[float]]
+) -> Tuple[List[int], List[int], List[float]]:
+    fm = [int(f) for f in feature_maps]
+    if len(fm) < 1 or min(fm) < 1:
+        raise ValueError(f"feature_maps must be a non-empty list of positive widths, got {list(feature_maps)}")
+    zd = [int(z) for z in z_down]
+    if len(zd) != len(fm) - 1 or any(z not in (1, 2) for z in zd):
+        raise ValueError(
+            f"z_down must give one z pooling factor (1 or 2) per pooling level ({len(fm) - 1}), got {list(z_down)}"
+        )
+    if isinstance(dropout, (int, float)):
+        dr = [float(dropout)] * len(fm)
+    else:
+        dr = [float(d) for d in dropout]
+    if len(dr) != len(fm) or any(not 0.0 <= d < 1.0 for d in dr):
+        raise ValueError(f"dropout must be a float in [0, 1) or one such value per level ({len(fm)}), got {dropout}")
+    return fm, zd, dr
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "bn":
+        return nn.BatchNorm3d(channels)
+    if kind == "in":
+        return nn.InstanceNorm3d(channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"normalization must be 'bn', 'in' or 'none', got {kind!r}")
+
+
+def _act(kind: str) -> nn.Module:
+    if kind == "elu":
+        return nn.ELU()
+    if kind == "relu":
+        return nn.ReLU()
+    raise ValueError(f"activation must be 'elu' or 'relu', got {kind!r}")
+
+
+class _SqueezeExcitation(nn.Module):
+    """3D squeeze-and-excitation (Hu et al. 2018): global average pool, bottleneck of two
+    1x1x1 convolutions (ReLU, sigmoid), channels rescaled by the result.
+
+    The bottleneck has ``channels // 16`` units (Hu et al.'s ratio), at least 4
+    (or ``channels`` when fewer), so that narrow layers keep a useful gate.
+    """
+
+    def __init__(self, channels: int, ratio: int = 16) -> None:
+        super().__init__()
+        hidden = max(min(4, channels), channels // ratio)
+        self.fc1 = nn.Conv3d(channels, hidden, kernel_size=1)
+        self.fc2 = nn.Conv3d(hidden, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(2, 3, 4), keepdim=True)
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+        return x * s
+
+
+def _conv(cin: int, cout: int, k: int) -> nn.Conv3d:
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"k_size must be a positive odd integer, got {k}")
+    return nn.Conv3d(cin, cout, kernel_size=k, padding=k // 2)
+
+
+class _ResBlock(nn.Module):
+    """Full pre-activation residual block ``[norm, act,] conv, norm, act, dropout, conv, SE`` + 1x1x1 shortcut."""
+
+    def __init__(self, cin: int, cout: int, k: int, norm: str, act: str, dropout: float, first: bool) -> None:
+        super().__init__()
+        layers: List[nn.Module] = []
+        if not first:
+            layers += [_norm(norm, cin), _act(act)]
+        layers += [_conv(cin, cout, k), _norm(norm, cout), _act(act)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [_conv(cout, cout, k), _SqueezeExcitation(cout)]
+        self.body = nn.Sequential(*layers)
+        self.shortcut = nn.Conv3d(cin, cout, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
+
+
+class _Up(nn.Module):
+    """Upsample by ``(z, 2, 2)``, concatenate the skip connection, residual block."""
+
+    def __init__(self, cin: int, cskip: int, cout: int, z: int, k: int, norm: str, act: str, dropout: float,
+                 upsample: str) -> None:
+        super().__init__()
+        factor = (z, 2, 2)
+        if upsample == "convtranspose":
+            self.up: nn.Module = nn.ConvTranspose3d(cin, cin, kernel_size=factor, stride=factor)
+        elif upsample == "upsampling":
+            self.up = nn.Upsample(scale_factor=(float(z), 2.0, 2.0), mode="trilinear", align_corners=False)
+        else:
+            raise ValueError(f"upsample must be 'convtranspose' or 'upsampling', got {upsample!r}")
+        self.block = _ResBlock(cin + cskip, cout, k, norm, act, dropout, first=False)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.block(torch.cat([self.up(x), skip], dim=1))
+
+
+class ResUNet_SE(nn.Module):
+    """3D Residual Squeeze-and-Excitation U-Net returning logits.
+
+    Parameters
+    ----------
+    in_channels : int
+        Input channels (1 for CartoCell's membrane images).
+    out_channels : int
+        Output channels (3: B, C, M).
+    feature_maps : sequence of int
+        Channel width of each level, top to bottom; its length is the depth.
+    z_down : sequence of int
+        z pooling factor of each pooling level (``len(feature_maps) - 1`` values):
+        1 keeps z (CartoCell, anisotropic stacks), 2 halves it.  y and x are always halved.
+    normalization : {"bn", "in", "none"}
+        Batch norm, instance norm (affine) or none.
+    dropout : float or sequence of float
+        Dropout rate, one for all levels or one per level.
+    activation : {"elu", "relu"}
+        Activation function.
+    k_size : int
+        Odd convolution kernel size.
+    upsample : {"convtranspose", "upsampling"}
+        Transposed convolution or trilinear upsampling in the decoder.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 3,
+        feature_maps: Sequence[int] = (52, 68, 84),
+        z_down: Sequence[int] = (1, 1),
+        normalization: str = "bn",
+        dropout: Union[float, Sequence[float]] = 0.1,
+        activation: str = "elu",
+        k_size: int = 3,
+        upsample: str = "convtranspose",
+    ) -> None:
+        super().__init__()
+        fm, zd, dr = _levels(feature_maps, z_down, dropout)
+        zprod = 1
+        for z in zd:
+            zprod *= z
+        self.divisor: Tuple[int, int, int] = (zprod, 2 ** len(zd), 2 ** len(zd))
+        self.in_channels = int(in_channels)
+
+        self.down = nn.ModuleList()
+        self.pools = nn.ModuleList()
+        cin = int(in_channels)
+        for i in range(len(fm) - 1):
+            self.down.append(_ResBlock(cin, fm[i], k_size, normalization, activation, dr[i], first=i == 0))
+            self.pools.append(nn.MaxPool3d(kernel_size=(zd[i], 2, 2)))
+            cin = fm[i]
+        self.bottom = _ResBlock(cin, fm[-1], k_size, normalization, activation, dr[-1], first=len(fm) == 1)
+        self.up = nn.ModuleList()
+        cin = fm[-1]
+        for i in range(len(fm) - 2, -1, -1):
+            self.up.append(_Up(cin, fm[i], fm[i], zd[i], k_size, normalization, activation, dr[i], upsample))
+            cin = fm[i]
+        self.head = nn.Conv3d(fm[0], int(out_channels), kernel_size=1)
+
+        for m in self.modules():
+            if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                "ResUNet_SE expects input (N, {}, Z, Y, X), got shape {}".format(self.in_channels, list(x.shape))
+            )
+        dz, dy, dx = self.divisor
+        if x.shape[2] % dz != 0 or x.shape[3] % dy != 0 or x.shape[4] % dx != 0:
+            raise ValueError(
+                "ResUNet_SE input size (Z, Y, X) = {} must be a multiple of {}; pad or crop it".format(
+                    list(x.shape[2:]), [dz, dy, dx]
+                )
+            )
+        skips: List[torch.Tensor] = []
+        for block, pool in zip(self.down, self.pools):
+            x = block(x)
+            skips.append(x)
+            x = pool(x)
+        x = self.bottom(x)
+        for i, up in enumerate(self.up):
+            x = up(x, skips[len(skips) - 1 - i])
+        return self.head(x)
