@@ -397,7 +397,7 @@ def run_task(task: Task, *, predict: Callable[[Task], None] | None = None,
             raise BenchmarkError(f"{p}: the predict step of {task.model.name} wrote no such file for {name}.")
     gt = read_volume(task.image.gt, "labels").data
     pred = read_volume(vor_path, "labels").data
-    check_same_shape(gt.shape, pred.shape, vor_path, task.image.gt)
+    check_same_shape(pred.shape, gt.shape, vor_path, task.image.gt)
     probs = read_volume(probs_path, "probabilities").data
     rows = (evaluate or _default_evaluate)(pred, gt, probs, tuple(task.thresholds))
     del gt, pred, probs

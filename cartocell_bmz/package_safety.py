@@ -106,34 +106,13 @@ def safe_extract(
         The file is not a zip, a member would land outside ``dest`` (``../``,
         absolute path, link), or the limits are exceeded.
     """
-    max_files = MAX_FILES if max_files is None else max_files
     max_bytes = MAX_UNPACKED_BYTES if max_bytes is None else max_bytes
-    max_ratio = MAX_RATIO if max_ratio is None else max_ratio
     zip_path, dest = Path(zip_path), Path(dest)
     if dest.is_dir():
         return dest
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelError(f"{zip_path}: not a readable zip file ({exc}); download the package again.") from None
-    with zf:
+    with _open_zip(zip_path) as zf:
         infos = zf.infolist()
-        if len(infos) > max_files:
-            raise ModelError(f"{zip_path}: holds {len(infos)} files, more than the {max_files} a model package may have.")
-        total = 0
-        for info in infos:
-            _check_member(zip_path, info)
-            total += info.file_size
-            if (info.file_size > RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1)):
-                raise ModelError(
-                    f"{zip_path}: member {info.filename!r} would expand {info.file_size / max(info.compress_size, 1):.0f} "
-                    f"times (a zip bomb?); refusing to unpack it."
-                )
-        if total > max_bytes:
-            raise ModelError(
-                f"{zip_path}: would unpack to {total / 1024**3:.1f} GiB, more than the "
-                f"{max_bytes / 1024**3:.1f} GiB a model package may take; refusing to unpack it."
-            )
+        _check_members(zip_path, infos, max_files=max_files, max_bytes=max_bytes, max_ratio=max_ratio)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
         try:
@@ -161,6 +140,58 @@ def safe_extract(
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def check_zip(
+    zip_path: str | os.PathLike,
+    *,
+    max_files: int | None = None,
+    max_bytes: int | None = None,
+    max_ratio: float | None = None,
+) -> None:
+    """Check every member of a package zip as :func:`safe_extract` does, without unpacking it.
+
+    For tools that read the zip themselves (``validate`` hands it to bioimageio):
+    a zip that :func:`safe_extract` would refuse is refused here with the same message.
+
+    Raises
+    ------
+    ModelError
+        Not a zip, a member escaping the package, a link, or a limit exceeded.
+    """
+    zip_path = Path(zip_path)
+    with _open_zip(zip_path) as zf:
+        _check_members(zip_path, zf.infolist(), max_files=max_files, max_bytes=max_bytes, max_ratio=max_ratio)
+
+
+def _open_zip(zip_path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelError(f"{zip_path}: not a readable zip file ({exc}); download the package again.") from None
+
+
+def _check_members(zip_path: Path, infos: list[zipfile.ZipInfo], *, max_files: int | None, max_bytes: int | None,
+                   max_ratio: float | None) -> None:
+    max_files = MAX_FILES if max_files is None else max_files
+    max_bytes = MAX_UNPACKED_BYTES if max_bytes is None else max_bytes
+    max_ratio = MAX_RATIO if max_ratio is None else max_ratio
+    if len(infos) > max_files:
+        raise ModelError(f"{zip_path}: holds {len(infos)} files, more than the {max_files} a model package may have.")
+    total = 0
+    for info in infos:
+        _check_member(zip_path, info)
+        total += info.file_size
+        if (info.file_size > RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1)):
+            raise ModelError(
+                f"{zip_path}: member {info.filename!r} would expand {info.file_size / max(info.compress_size, 1):.0f} "
+                f"times (a zip bomb?); refusing to unpack it."
+            )
+    if total > max_bytes:
+        raise ModelError(
+            f"{zip_path}: would unpack to {total / 1024**3:.1f} GiB, more than the "
+            f"{max_bytes / 1024**3:.1f} GiB a model package may take; refusing to unpack it."
+        )
 
 
 def _member_parts(name: str) -> list[str]:
@@ -415,6 +446,7 @@ __all__ = [
     "MAX_UNPACKED_BYTES",
     "RDF_NAMES",
     "check_cartocell_shape",
+    "check_zip",
     "code_notice",
     "declared_files",
     "find_rdf",

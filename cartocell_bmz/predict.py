@@ -78,6 +78,8 @@ class PredictSummary:
         Wall time of the run.
     metrics : dict or None
         ``evaluate_folder``'s summary when ground truth was given.
+    failed : list of str
+        One message per input volume that could not be used (unreadable, wrong shape, NaN...).
     """
 
     model: str
@@ -85,6 +87,7 @@ class PredictSummary:
     images: list[ImageResult] = field(default_factory=list)
     seconds: float = 0.0
     metrics: dict | None = None
+    failed: list[str] = field(default_factory=list)
 
     @property
     def n_images(self) -> int:
@@ -103,7 +106,7 @@ class PredictSummary:
         return {
             "model": self.model, "out": self.out, "n_images": self.n_images, "n_computed": self.n_computed,
             "n_skipped": self.n_images - self.n_computed, "n_cells": self.n_cells, "seconds": round(self.seconds, 3),
-            "images": [asdict(r) for r in self.images], "metrics": self.metrics,
+            "images": [asdict(r) for r in self.images], "metrics": self.metrics, "failed": self.failed,
         }
 
     def __str__(self) -> str:
@@ -321,6 +324,13 @@ def predict_folder(
     Returns
     -------
     PredictSummary
+
+    Raises
+    ------
+    InputError
+        After every other volume is done, when some input volumes could not be
+        used (one bad file does not stop a long run); the message names the
+        first and ``OUT/predict_summary.json`` lists them all.
     """
     import json
 
@@ -343,14 +353,18 @@ def predict_folder(
     with _Progress(show_progress, len(files)) as bar:
         for f in files:
             bar.start_image(f.name)
-            result = predict_one(
-                predictor if predictor is not None else resolved, f, out, overwrite=overwrite, weights=weights,
-                tile=tile, batch_size=batch_size, device=device, spacing=spacing, float16=float16, config=config,
-                trust=True, progress=bar.tiles,
-            )
-            summary.images.append(result)
+            try:
+                result = predict_one(
+                    predictor if predictor is not None else resolved, f, out, overwrite=overwrite, weights=weights,
+                    tile=tile, batch_size=batch_size, device=device, spacing=spacing, float16=float16, config=config,
+                    trust=True, progress=bar.tiles,
+                )
+            except InputError as exc:  # a bad volume must not cost the others of an unattended run
+                summary.failed.append(str(exc))
+            else:
+                summary.images.append(result)
             bar.done_image()
-    if gt is not None:
+    if gt is not None and not summary.failed:
         from cartocell_bmz.evaluate import evaluate_folder
 
         summary.metrics = evaluate_folder(out / VORONOI_DIR, gt, out, probs_dir=out / PROBS_DIR,
@@ -359,6 +373,15 @@ def predict_folder(
     with atomic_open(out / PREDICT_SUMMARY_JSON) as fh:
         json.dump(summary.as_dict(), fh, indent=2, default=str)
         fh.write("\n")
+    if summary.failed:
+        n_bad = len(summary.failed)
+        if n_bad == len(files) == 1:
+            raise InputError(summary.failed[0])
+        listed = f" (listed in {out / PREDICT_SUMMARY_JSON}), the first" if n_bad > 1 else ""
+        raise InputError(
+            f"{n_bad} of {len(files)} volume(s) could not be used and the others are done; rerun after fixing "
+            f"{'them' if n_bad > 1 else 'it'} (finished volumes are skipped){listed}: {summary.failed[0]}"
+        )
     return summary
 
 

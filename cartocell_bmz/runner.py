@@ -584,6 +584,8 @@ class Predictor:
             raise ConfigError(f"--weights {weights!r}: use pytorch_state_dict or torchscript.")
         if weights not in available:
             raise ModelError(f"model {self.model.name}: has no {weights} weights (it has {', '.join(available)}).")
+        if weights == "pytorch_state_dict":
+            _check_architecture_hash(self.model)
         self.weights = weights
         self.device = _pick_device(device)
         out = descr.outputs[0]
@@ -887,6 +889,14 @@ class Predictor:
             it is zeroed first.
         progress : callable, optional
             Called as ``progress(tiles_done, tiles_total)`` after each batch.
+
+        Notes
+        -----
+        A volume without contrast (every voxel equal, e.g. all zeros) gives
+        zero probabilities without running the network: the whole-image
+        normalisation maps it to zeros whatever its value, so the network
+        would only show its bias and padding (measured: one cell filling the
+        volume), not cells.
         """
         volume = np.asarray(volume)
         if volume.ndim != 3:
@@ -901,6 +911,8 @@ class Predictor:
             if out.shape != (3, *volume.shape) or out.dtype != np.float32:
                 raise ValueError(f"out must be float32 of shape {(3, *volume.shape)}, got {out.dtype} {out.shape}")
             out[...] = 0
+        if volume.size and volume.min() == volume.max():
+            return out  # no contrast: it normalises to zeros whatever its value, and holds no cells
         norm = self.normalize(volume)
         tiles = list(plan.tiles())
         total = len(tiles)
@@ -915,6 +927,25 @@ class Predictor:
             if progress is not None:
                 progress(min(first + self.batch_size, total), total)
         return out
+
+
+def _check_architecture_hash(model: Any) -> None:
+    """Refuse to import an architecture file whose sha256 the description does not declare.
+
+    Every other file of the package was checked against its sha256 when it was
+    resolved; Python code that cannot be checked is not run.
+    """
+    arch = model.description.weights.pytorch_state_dict.architecture
+    source = getattr(arch, "source", None)
+    if source is None or getattr(arch, "sha256", None) is not None:
+        return  # an installed library (import_from), or a file with its hash
+    name = getattr(source, "path", None) or str(source)
+    other = ("run it with --weights torchscript (imports no Python file) or "
+             if "torchscript" in model.weight_formats else "")
+    raise ModelError(
+        f"model {model.name}: its architecture file {name} has no sha256 in the description, so it cannot be "
+        f"checked before it runs as Python code; {other}add the file's sha256 to the description."
+    )
 
 
 def _three(value: int | Sequence[int], name: str) -> tuple[int, int, int]:

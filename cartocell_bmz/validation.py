@@ -117,8 +117,10 @@ def validate_package(
     ConfigError
         For an unknown weight format.
     ModelError
-        When the package cannot be loaded at all (e.g. an id without network)
-        or lacks the requested weight format.
+        When the package cannot be loaded at all (e.g. an id without network),
+        is a zip that :func:`~cartocell_bmz.package_safety.safe_extract` would
+        refuse (``../`` or absolute members, links, a zip bomb), or lacks the
+        requested weight format.
     """
     from bioimageio.core import test_model
     from bioimageio.spec import InvalidDescr, load_description
@@ -126,6 +128,10 @@ def validate_package(
     if weights is not None and weights not in WEIGHT_FORMATS:
         raise ConfigError(f"--weights {weights!r} is not a weight format; choose one of {', '.join(WEIGHT_FORMATS)}.")
     source = resolve_source(path_or_id)
+    if isinstance(source, Path) and source.suffix.lower() == ".zip":
+        from cartocell_bmz.package_safety import check_zip
+
+        check_zip(source)  # members escaping the package or a zip bomb: refused, never blessed
     t0 = time.perf_counter()
     with _quiet():
         try:

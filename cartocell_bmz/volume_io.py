@@ -241,7 +241,7 @@ def read_volume(path: str | os.PathLike, kind: Kind = "image") -> Volume:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty.")
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tiff_damage() as damage, tifffile.TiffFile(path) as tif:
             data = tif.asarray()
             axes = tif.series[0].axes if tif.series else ""
             spacing, known = _spacing_from_tiff(tif)
@@ -250,6 +250,8 @@ def read_volume(path: str | os.PathLike, kind: Kind = "image") -> Volume:
     except Exception as exc:  # tifffile raises many types for broken files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: cannot be read as a TIFF volume ({reason}); is it truncated or not a TIFF?") from None
+    if damage:  # tifffile read what it could of a cut or corrupted file: never use a part of it
+        raise InputError(f"{path}: the TIFF is truncated or damaged ({damage[0]}); copy the file again.")
     data = np.asarray(data)
     if data.dtype.kind == "c" or data.dtype.kind not in "biuf":
         raise InputError(f"{path}: unsupported pixel type {data.dtype}; expected integers or floats.")
@@ -276,6 +278,41 @@ def read_volume(path: str | os.PathLike, kind: Kind = "image") -> Volume:
     else:
         raise ValueError(f"unknown kind {kind!r}")
     return Volume(data=data, spacing=spacing, spacing_known=known, path=path)
+
+
+#: Words of tifffile's log messages that mean a file ends early or its structure is broken.
+_DAMAGE_WORDS = ("invalid page offset", "invalid offset to page", "invalid value offset", "corrupted")
+
+
+@contextlib.contextmanager
+def _tiff_damage() -> Iterator[list[str]]:
+    """Collect (and keep off stderr) tifffile's log messages that say a file is cut or corrupted.
+
+    tifffile logs such problems and returns what it could read (a truncated
+    stack reads as its first slice), so they are caught here and turned into
+    one :class:`InputError` by the caller.
+    """
+    import logging
+
+    found: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            for word in _DAMAGE_WORDS:
+                if word in text:  # keep "invalid page offset 16592", drop tifffile's object reprs
+                    found.append(re.split(r"['\")\n]", text[text.index(word):])[0].strip()[:100])
+                    break
+
+    log = logging.getLogger("tifffile")
+    handler = _Collect(logging.WARNING)
+    log.addHandler(handler)
+    propagate, log.propagate = log.propagate, False  # its messages become our one-line error
+    try:
+        yield found
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
 
 
 def read_spacing(path: str | os.PathLike) -> tuple[Spacing, bool]:
