@@ -20,7 +20,6 @@ All-zero volumes are not an error: each command gives a clean, empty result
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import struct
