@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -273,6 +274,9 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device: st
         net = build_network(info["arch"], **info["kwargs"])
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
+    except pickle.UnpicklingError:  # weights_only refused it: damaged, or objects that would run code
+        raise ModelError(f"{weights}: is not a plain state dict of tensors (damaged, or it would run code when "
+                         "loaded); refusing to load it.") from None
     except (OSError, ValueError, KeyError, RuntimeError, ConfigError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"{run_dir}: cannot load the trained network ({reason}).") from None

@@ -171,6 +171,21 @@ class World:
                 zf.writestr(member, data)
         return path
 
+    def training_run(self, name: str = "run", state: dict | None = None) -> Path:
+        """A training run folder (model.json, checkpoints/best.pt) of the tiny U-Net; ``state`` replaces its weights."""
+        import json
+
+        import torch
+
+        from cartocell_bmz.networks import build_network, preset_kwargs
+
+        d = self.folder(name)
+        kwargs = dict(preset_kwargs("unet", "tiny"))
+        (d / "model.json").write_text(json.dumps({"arch": "unet", "kwargs": kwargs}))
+        (d / "checkpoints").mkdir()
+        torch.save(build_network("unet", **kwargs).state_dict() if state is None else state, d / "checkpoints" / "best.pt")
+        return d
+
     def run_folder(self, name: str = "run") -> Path:
         """A folder that looks like a training run but is not one (no model.json)."""
         d = self.folder(name)
@@ -234,6 +249,13 @@ def _fake_zip(w: World) -> Path:
     path = w.folder("zips") / "fake.zip"
     path.write_text("an HTML error page saved as model.zip")
     return path
+
+
+def _damaged_run(w: World) -> Path:
+    run = w.training_run()
+    best = run / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    return run
 
 
 def _predict(w: World, inputs, model=None, out=None, *extra) -> list:
@@ -405,6 +427,9 @@ CASES: dict[str, Callable[[World], Case]] = {
     "pseudo-label-tampered-package": lambda w: Case(
         ["pseudo-label", "--model", w.variant("tw", _tampered_weights), "--input", w.raw(), "--out", w.out,
          "--device", "cpu"], "checkpoint.pth", "does not match the sha256", w.out),
+    "pseudo-label-damaged-checkpoint": lambda w: Case(
+        ["pseudo-label", "--model", _damaged_run(w), "--input", w.raw(), "--out", w.out, "--device", "cpu"],
+        str(w.root / "run"), "cannot load the trained network (PytorchStreamReader failed", w.out),
     "pipeline-not-a-dataset": lambda w: Case(["pipeline", w.folder("data"), "--out", w.out],
                                              str(w.root / "data" / "train_M1" / "x"), "folder missing", w.out),
     "package-run-missing": lambda w: Case(["package", w.root / "norun", "--out", w.root / "o.zip"], "norun",
@@ -628,6 +653,28 @@ def test_pickled_code_in_weights_never_runs(tmp_path, package, cyst):
     # the same file loaded without weights_only runs the code: the check above can fail
     torch.load(pkg / "checkpoint.pth", weights_only=False)
     assert marker.exists()
+
+
+def test_pickled_code_in_a_training_run_never_runs(tmp_path, package, cyst):
+    """The same for this project's own training runs (pseudo-label, package): weights_only=True."""
+    import torch
+
+    from cartocell_bmz.networks import build_network, preset_kwargs
+
+    w = World(tmp_path, package, cyst)
+    marker = tmp_path / "unpickled.txt"
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('ran')",))
+
+    state = build_network("unet", **preset_kwargs("unet", "tiny")).state_dict()
+    state["evil"] = Evil()
+    run = w.training_run(state=state)
+    result = CliRunner().invoke(app(), ["pseudo-label", "--model", str(run), "--input", str(w.raw()),
+                                        "--out", str(w.out), "--device", "cpu"])
+    assert_one_line_error(result, str(run / "checkpoints" / "best.pt"), "it would run code when loaded")
+    assert not marker.exists()
 
 
 def test_code_notice_on_first_use_and_trust_silences_it(tmp_path, package, cyst, monkeypatch):
