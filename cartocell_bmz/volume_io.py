@@ -70,7 +70,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.
 
     Use it for libraries that want a file name (``torch.save``, ``savefig``).
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched;
+    an ``OSError`` while writing (disk full, read-only folder) becomes an
+    :class:`~cartocell_bmz.errors.OutputError` naming ``path``.
 
     Examples
     --------
@@ -96,10 +98,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        if tmp.exists():  # mkstemp makes 0600 files: give the result the usual umask mode
-            os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            if tmp.exists():  # mkstemp makes 0600 files: give the result the usual umask mode
+                os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, path)
+        except OSError as exc:  # disk full, quota, read-only or vanished folder: one line, nothing left
+            raise OutputError(
+                f"{path}: cannot be written ({exc.strerror or exc}); check the free space and permissions of {parent}."
+            ) from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -522,6 +522,56 @@ def test_the_suite_covers_every_command(tmp_path, package, cyst):
     assert len(CASES) >= 25
 
 
+# --------------------------------------------------------------------------- outputs that cannot be written
+
+
+def _disk_full(monkeypatch) -> None:
+    """Every TIFF write starts, leaves some bytes, then fails as on a full disk."""
+    import errno
+
+    def full(path, *args, **kwargs):
+        Path(path).write_bytes(b"II*\0 a first strip")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", full)
+
+
+@pytest.mark.parametrize("command", ["predict", "postprocess"])
+def test_disk_full_is_one_line_and_leaves_no_partial_file(command, tmp_path, package, cyst, monkeypatch):
+    w = World(tmp_path, package, cyst)
+    args = _predict(w, w.raw()) if command == "predict" else ["postprocess", "--probs", w.probs(), "--out", w.out]
+    _disk_full(monkeypatch)
+    result = CliRunner().invoke(app(), [str(a) for a in args])
+    first = PROBS_DIR if command == "predict" else INSTANCES_DIR
+    assert_one_line_error(result, str(w.out / first / "a.tif"), "cannot be written (No space left on device)")
+    assert not list(w.out.rglob("*.tif"))
+    assert_nothing_half_written(tmp_path, w.out)
+
+
+def test_output_folder_that_is_not_writable(tmp_path, package, cyst, monkeypatch):
+    """Tests run as root, for whom permissions do not bite: the check is made to see a read-only folder."""
+    w = World(tmp_path, package, cyst)
+    w.out.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == w.out and mode & os.W_OK
+                        else real(p, mode, *a, **k))
+    result = CliRunner().invoke(app(), [str(a) for a in _predict(w, w.raw())])
+    assert_one_line_error(result, str(w.out), "the output folder is not writable; choose another --out")
+    assert not any(w.out.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; covered by the two tests above")
+def test_output_folder_without_write_permission(tmp_path, package, cyst):
+    w = World(tmp_path, package, cyst)
+    w.out.mkdir()
+    w.out.chmod(0o500)
+    try:
+        result = CliRunner().invoke(app(), [str(a) for a in _predict(w, w.raw())])
+        assert_one_line_error(result, str(w.out), "not writable")
+    finally:
+        w.out.chmod(0o700)
+
+
 # --------------------------------------------------------------------------- one bad volume among good ones
 
 
