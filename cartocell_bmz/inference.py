@@ -271,6 +271,8 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device: st
         raise ModelError(f"{weights}: checkpoint not found; the run has not finished an epoch yet.")
     try:
         info = json.loads(info_path.read_text())
+        if not isinstance(info, dict) or len(info.get("divisor") or ()) != 3:
+            raise ModelError(f"{info_path}: has no 'divisor' [dz, dy, dx]; is it from 'cartocell-bmz train'?")
         net = build_network(info["arch"], **info["kwargs"])
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
@@ -296,10 +298,17 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "best", device: st
 def predict_loaded(
     run: LoadedRun, volume: np.ndarray, *, tile: Sequence[int] | None = None, overlap: float = 0.125, batch_size: int = 1
 ) -> np.ndarray:
-    """Probabilities ``float32 (3, Z, Y, X)`` (B, C, M) of a loaded run on a raw volume."""
+    """Probabilities ``float32 (3, Z, Y, X)`` (B, C, M) of a loaded run on a raw volume.
+
+    A volume without contrast (every voxel equal) gives zero probabilities, as in
+    :meth:`cartocell_bmz.runner.Predictor.predict`: it normalises to zeros whatever
+    its value, and holds no cells.
+    """
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise InputError(f"a 3D (Z, Y, X) volume is needed, got shape {tuple(volume.shape)}")
+    if volume.size and volume.min() == volume.max():
+        return np.zeros((3, *volume.shape), np.float32)
     logits = tiled_logits(
         run.net, normalize(volume), tuple(tile or choose_tile(volume.shape, run.tile)), run.divisor,
         overlap=overlap, device=run.device, batch_size=batch_size,

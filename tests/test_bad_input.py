@@ -172,18 +172,24 @@ class World:
         return path
 
     def training_run(self, name: str = "run", state: dict | None = None) -> Path:
-        """A training run folder (model.json, checkpoints/best.pt) of the tiny U-Net; ``state`` replaces its weights."""
+        """A training run folder (model.json, checkpoints/best.pt) of the one-level U-Net of the package.
+
+        Its weights are the look-alike's (random, batch norm calibrated on a cyst); ``state`` replaces them.
+        """
         import json
 
         import torch
 
-        from cartocell_bmz.networks import build_network, preset_kwargs
+        from cartocell_bmz.networks import divisor
+        from lookalike import calibrated_network
 
         d = self.folder(name)
-        kwargs = dict(preset_kwargs("unet", "tiny"))
-        (d / "model.json").write_text(json.dumps({"arch": "unet", "kwargs": kwargs}))
+        info = {"arch": "unet", "kwargs": ONE_LEVEL, "divisor": list(divisor("unet", ONE_LEVEL)),
+                "channels": ["B", "C", "M"]}
+        (d / "model.json").write_text(json.dumps(info))
         (d / "checkpoints").mkdir()
-        torch.save(build_network("unet", **kwargs).state_dict() if state is None else state, d / "checkpoints" / "best.pt")
+        torch.save(calibrated_network("unet", ONE_LEVEL).state_dict() if state is None else state,
+                   d / "checkpoints" / "best.pt")
         return d
 
     def run_folder(self, name: str = "run") -> Path:
@@ -255,6 +261,16 @@ def _damaged_run(w: World) -> Path:
     run = w.training_run()
     best = run / "checkpoints" / "best.pt"
     best.write_bytes(best.read_bytes()[:1000])
+    return run
+
+
+def _run_without_divisor(w: World) -> Path:
+    import json
+
+    run = w.training_run()
+    info = json.loads((run / "model.json").read_text())
+    del info["divisor"]
+    (run / "model.json").write_text(json.dumps(info))
     return run
 
 
@@ -430,6 +446,9 @@ CASES: dict[str, Callable[[World], Case]] = {
     "pseudo-label-damaged-checkpoint": lambda w: Case(
         ["pseudo-label", "--model", _damaged_run(w), "--input", w.raw(), "--out", w.out, "--device", "cpu"],
         str(w.root / "run"), "cannot load the trained network (PytorchStreamReader failed", w.out),
+    "pseudo-label-run-without-divisor": lambda w: Case(
+        ["pseudo-label", "--model", _run_without_divisor(w), "--input", w.raw(), "--out", w.out, "--device", "cpu"],
+        str(w.root / "run" / "model.json"), "has no 'divisor'", w.out),
     "pipeline-not-a-dataset": lambda w: Case(["pipeline", w.folder("data"), "--out", w.out],
                                              str(w.root / "data" / "train_M1" / "x"), "folder missing", w.out),
     "package-run-missing": lambda w: Case(["package", w.root / "norun", "--out", w.root / "o.zip"], "norun",
@@ -615,6 +634,20 @@ def test_all_zero_raw_volume_predicts_no_cells(tmp_path, package, cyst, value):
         assert not read_volume(w.out / folder / "a.tif", "labels").data.any()
 
 
+def test_all_zero_raw_volume_pseudo_labels_to_no_cells(tmp_path, package, cyst):
+    """The same rule for this project's training runs: a blank volume becomes an empty label volume.
+
+    (This network, run on the zeros a blank volume normalises to, makes 2 cells of its padding.)
+    """
+    w = World(tmp_path, package, cyst)
+    w.raw(data=np.zeros((16, 48, 48), np.float32))
+    result = CliRunner().invoke(app(), ["pseudo-label", "--model", str(w.training_run()), "--input",
+                                        str(w.root / "in"), "--out", str(w.out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    labels = read_volume(w.out / "y" / "a.tif", "labels").data
+    assert labels.shape == (16, 48, 48) and not labels.any()
+
+
 def test_all_zero_probabilities_postprocess_to_no_cells(tmp_path, package, cyst):
     w = World(tmp_path, package, cyst)
     probs = w.probs(data=np.zeros((3, 16, 48, 48), np.float32))
@@ -709,7 +742,7 @@ def test_pickled_code_in_a_training_run_never_runs(tmp_path, package, cyst):
     """The same for this project's own training runs (pseudo-label, package): weights_only=True."""
     import torch
 
-    from cartocell_bmz.networks import build_network, preset_kwargs
+    from cartocell_bmz.networks import build_network
 
     w = World(tmp_path, package, cyst)
     marker = tmp_path / "unpickled.txt"
@@ -718,7 +751,7 @@ def test_pickled_code_in_a_training_run_never_runs(tmp_path, package, cyst):
         def __reduce__(self):
             return (exec, (f"open({str(marker)!r}, 'w').write('ran')",))
 
-    state = build_network("unet", **preset_kwargs("unet", "tiny")).state_dict()
+    state = build_network("unet", **ONE_LEVEL).state_dict()
     state["evil"] = Evil()
     run = w.training_run(state=state)
     result = CliRunner().invoke(app(), ["pseudo-label", "--model", str(run), "--input", str(w.raw()),
