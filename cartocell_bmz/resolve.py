@@ -322,8 +322,10 @@ def _download(model_id: str, folder: Path, notify: Callable[[str], None]) -> Non
             f"({reason}); check the name and the network, or download its zip from "
             f"https://bioimage.io/#/?id={model_id} and run with --model path/to/model.zip."
         ) from None
-    finally:
+    finally:  # back to bioimageio's defaults: spec and core silent (their __init__ disable them)
         logger.enable("bioimageio")
+        logger.disable("bioimageio.spec")
+        logger.disable("bioimageio.core")
     raw = opened.unparsed_content
     if not raw:
         raise ModelError(f"model {model_id!r}: the BioImage Model Zoo returned an empty description.")

@@ -775,6 +775,30 @@ def test_code_notice_on_first_use_and_trust_silences_it(tmp_path, package, cyst,
     assert trusted.exit_code == 0 and "notice:" not in trusted.stderr
 
 
+def test_a_failed_download_leaves_bioimageio_logging_as_it_was(tmp_path, package, cyst):
+    """After a BMZ id is looked up, bioimageio.core's DEBUG lines stay off (they would flood stderr per tile)."""
+    import bioimageio.core  # noqa: F401  (imported first, as in a notebook)
+    from loguru import logger
+
+    from cartocell_bmz.errors import ModelError
+    from cartocell_bmz.resolve import resolve_model
+    from cartocell_bmz.runner import Predictor
+
+    seen: list[str] = []
+    sink = logger.add(lambda message: seen.append(message.record["name"]), level="DEBUG")
+    try:
+        with Predictor(package, trust=True, device="cpu") as p:
+            p.predict(cyst.raw[:, :32, :32])
+        assert not seen  # bioimageio's defaults: its logs are off
+        with pytest.raises(ModelError, match="cannot fetch model"):
+            resolve_model("no-such-model", notify=lambda message: None)
+        with Predictor(package, trust=True, device="cpu") as p:
+            p.predict(cyst.raw[:, :32, :32])
+    finally:
+        logger.remove(sink)
+    assert not [name for name in seen if name.startswith("bioimageio")], seen[:3]
+
+
 # --------------------------------------------------------------------------- real processes
 
 
