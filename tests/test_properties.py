@@ -78,7 +78,7 @@ def configs(draw):
     """Otsu ('auto') or manual thresholds, any minimum seed size; no hole filling (exact territory)."""
     if draw(st.booleans()):
         return PostprocessConfig(min_seed_size=draw(st.integers(0, 6)), max_hole_size=0)
-    t = st.floats(0.05, 0.95)
+    t = st.floats(0.05, 0.95, allow_subnormal=False)
     return PostprocessConfig(seed_b_threshold=draw(t), seed_c_threshold=draw(t), growth_threshold=draw(t),
                              mask_threshold=draw(t), min_seed_size=draw(st.integers(0, 6)), max_hole_size=0)
 
@@ -199,7 +199,7 @@ def label_volumes(draw):
         nearest = ((grid[:, None] - pts[None]) ** 2).sum(-1).argmin(1)
         ids = rng.choice(np.arange(1, 1000), size=n, replace=False)
         lab = ids[nearest].reshape(shape).astype(np.uint32)
-        lab[rng.random(shape) < draw(st.floats(0.0, 0.5))] = 0
+        lab[rng.random(shape) < draw(st.floats(0.0, 0.5, allow_subnormal=False))] = 0
     elif kind == "one_cell":
         lab[tuple(slice(0, max(1, s // 2)) for s in shape)] = int(rng.integers(1, 70000))
     elif kind == "border_cell":
@@ -285,7 +285,7 @@ def test_copies_of_one_image_aggregate_to_its_own_figures(case, seed, copies):
 
 
 @SETTINGS
-@given(label_volumes(), st.floats(0.001, 0.49))
+@given(label_volumes(), st.floats(0.001, 0.49, allow_subnormal=False))
 def test_channel_iou_of_the_targets_is_one_and_of_their_complement_is_zero(case, margin):
     """Probabilities on the right side of 0.5 score 1 whatever their value; the complement scores 0."""
     _, lab = case
