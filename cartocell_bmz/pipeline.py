@@ -253,7 +253,7 @@ def evaluate_run(
     ``per_image_instances/``, ``per_image_post_processing/``) and the
     evaluation of the Voronoi cells (:func:`cartocell_bmz.evaluate.evaluate_folder`).
     Volumes already predicted by the same weights are kept; a finished
-    evaluation of the same weights is returned at once.
+    evaluation of the same weights on the same test volumes is returned at once.
 
     Returns
     -------
@@ -269,16 +269,22 @@ def evaluate_run(
     run_dir, test_dir = Path(run_dir), Path(test_dir)
     out = ensure_output_dir(out_dir)
     sha = model_fingerprint(run_dir)
+    raws = list_volumes(test_dir / RAW_DIR, what="raw test volumes")
+    names = sorted(p.name for p in raws)
     status = _read_json(out / "status.json")
     if status.get("model_sha256") not in (None, sha):
         for sub in (PROBS_DIR, INSTANCES_DIR, VORONOI_DIR):
             if (out / sub).is_dir():
                 shutil.rmtree(out / sub)
         status = {}
-    if status.get("finished") and (out / SUMMARY_JSON).is_file():
+    if status.get("finished") and status.get("volumes") == names and (out / SUMMARY_JSON).is_file():
         return _read_json(out / SUMMARY_JSON)
     _write_json(out / "status.json", {"finished": False, "model": str(run_dir), "model_sha256": sha})
-    raws = list_volumes(test_dir / RAW_DIR, what="raw test volumes")
+    for sub in (PROBS_DIR, INSTANCES_DIR, VORONOI_DIR):  # predictions of volumes no longer in the test set
+        if (out / sub).is_dir():
+            for stale in (out / sub).iterdir():
+                if stale.is_file() and stale.name not in names and not stale.name.startswith("."):
+                    stale.unlink()
     predictor = None
     for raw in raws:
         outputs = [out / sub / raw.name for sub in (PROBS_DIR, INSTANCES_DIR, VORONOI_DIR)]
@@ -296,7 +302,7 @@ def evaluate_run(
         out / VORONOI_DIR, test_dir / LABEL_DIR, out, probs_dir=out / PROBS_DIR,
         mode=info.get("target_mode", "cartocell"), show_progress=show_progress,
     )
-    _write_json(out / "status.json", {"finished": True, "model": str(run_dir), "model_sha256": sha})
+    _write_json(out / "status.json", {"finished": True, "model": str(run_dir), "model_sha256": sha, "volumes": names})
     return summary
 
 

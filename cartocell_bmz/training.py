@@ -128,9 +128,10 @@ class TrainConfig:
         Epochs without a lower validation loss before stopping.
     target_mode : str
         Target definition passed to :func:`cartocell_bmz.targets.make_targets`.
-    rebalance : bool
+    rebalance : bool or tuple of str
         Weight each channel's positive class by ``negatives / positives`` of the
-        training targets (clipped to 0.02-50), so the minority class counts as much.
+        training targets (clipped to 0.02-50), so the minority class counts as
+        much; ``True`` for every channel, or the channels to rebalance (``("C",)``).
     augment : Augmentations
         Augmentations of the training patches.
     foreground_bias : float
@@ -154,7 +155,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     patience: int = 100
     target_mode: str = "cartocell"
-    rebalance: bool = False
+    rebalance: bool | tuple[str, ...] = False
     augment: Augmentations = field(default_factory=Augmentations)
     foreground_bias: float = 0.9
     seed: int = 0
@@ -163,6 +164,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", _as_patch(self.patch_size))
         object.__setattr__(self, "arch_kwargs", dict(self.arch_kwargs or {}))
+        if isinstance(self.rebalance, (list, str)):
+            items = [self.rebalance] if isinstance(self.rebalance, str) else self.rebalance
+            object.__setattr__(self, "rebalance", tuple(items))
         if isinstance(self.augment, Mapping):
             object.__setattr__(self, "augment", _augment_from(self.augment))
         problems = self._problems()
@@ -206,8 +210,10 @@ class TrainConfig:
 
         if self.target_mode not in TARGET_MODES:
             out.append(f"target_mode must be one of {', '.join(TARGET_MODES)}, got {self.target_mode!r}")
-        if not isinstance(self.rebalance, bool):
-            out.append(f"rebalance must be true or false, got {self.rebalance!r}")
+        if not isinstance(self.rebalance, bool) and not (
+            isinstance(self.rebalance, tuple) and self.rebalance and set(self.rebalance) <= set(CHANNELS)
+        ):
+            out.append(f"rebalance must be true, false or channel names among {', '.join(CHANNELS)}, got {self.rebalance!r}")
         if not isinstance(self.augment, Augmentations):
             out.append(f"augment must be an Augmentations object or a mapping, got {self.augment!r}")
         else:
@@ -646,6 +652,8 @@ def train(
     pos_weight = None
     if config.rebalance:
         pw = np.clip((1 - fractions) / np.maximum(fractions, 1e-6), 0.02, 50.0)
+        if config.rebalance is not True:
+            pw = np.where([c in config.rebalance for c in CHANNELS], pw, 1.0)
         pos_weight = torch.tensor(pw, dtype=torch.float32, device=device)
 
     # ---- network and optimiser

@@ -92,6 +92,23 @@ def test_finished_pipeline_is_skipped_and_stale_pseudo_labels_are_redone(finishe
     assert redone.pseudo_labels.n_new == 2 and redone.comparison == first.comparison
 
 
+def test_evaluation_follows_the_test_set(tmp_path, finished, tiny_dataset):
+    import shutil
+
+    from cartocell_bmz.pipeline import evaluate_run
+
+    out, _ = finished
+    test = tmp_path / "test"
+    shutil.copytree(tiny_dataset / "test", test)
+    assert evaluate_run(out / "M1", test, tmp_path / "eval", device="cpu")["n_images"] == 2
+    gone = sorted((test / "x").iterdir())[0].name
+    for sub in ("x", "y"):
+        (test / sub / gone).unlink()
+    summary = evaluate_run(out / "M1", test, tmp_path / "eval", device="cpu")
+    assert summary["images"] == [p.name for p in (test / "x").iterdir()]
+    assert not (tmp_path / "eval" / "per_image_post_processing" / gone).exists()
+
+
 def test_killed_pipeline_continues_where_it_stopped(tmp_path, tiny_dataset):
     """SIGKILL the pipeline during M2's training, rerun it: it ends as an uninterrupted one."""
     out = tmp_path / "out"
@@ -151,7 +168,7 @@ def test_pipeline_command_trains_several_m2(tmp_path, tiny_dataset):
 # --------------------------------------------------------------------------- acceptance
 
 #: The documented demo (README): data and command.
-DEMO_PHANTOMS = ["phantoms", "{data}", "--shape", "40", "96", "96"]
+DEMO_PHANTOMS = ["phantoms", "{data}", "--shape", "40", "96", "96", "--n-test", "12"]
 DEMO_PIPELINE = ["pipeline", "{data}", "--out", "{out}", "--preset", "tiny"]
 
 

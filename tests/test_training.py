@@ -61,6 +61,7 @@ class Interrupt(Exception):
         ({"device": "tpu"}, "device"),
         ({"patience": 0}, "patience"),
         ({"foreground_bias": 1.5}, "foreground_bias"),
+        ({"rebalance": ("B", "X")}, "rebalance"),
         ({"augment": {"rotation": "45"}}, "augment.rotation"),
         ({"augment": {"p_elastic": 2}}, "augment.p_elastic"),
         ({"arch_kwargs": {"feature_maps": "wide"}}, "feature_maps"),
@@ -264,6 +265,16 @@ def test_finished_run_returns_at_once_and_other_configs_are_refused(tmp_path, ti
     fresh = train(small_config(epochs=1, lr=1e-2), tiny_dataset / "train_M1", tiny_dataset / "validation", run,
                   resume=False, show_progress=False)
     assert fresh.epochs == 1 and len(read_log(run)) == 1
+
+
+def test_rebalance_weights_the_minority_class_of_chosen_channels(tmp_path, tiny_dataset):
+    summary = train(small_config(epochs=1, rebalance=["C"]), tiny_dataset / "train_M1", tiny_dataset / "validation",
+                    tmp_path / "run", show_progress=False)
+    data = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    frac, weight = data["positive_fraction"], data["pos_weight"]
+    assert weight["B"] == weight["M"] == 1.0
+    assert weight["C"] == pytest.approx((1 - frac["C"]) / frac["C"], rel=1e-5) and weight["C"] > 2
+    assert summary.finished
 
 
 def test_early_stopping_stops_after_patience(tmp_path, tiny_dataset):
