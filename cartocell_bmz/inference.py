@@ -10,13 +10,14 @@ window before the sigmoid.  Volumes smaller than a tile are mirrored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -69,8 +70,32 @@ def resolve_device(device: str = "auto") -> "torch.device":
         raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     if dev.type == "cpu":
         torch.set_num_threads(cpu_threads())
-        torch.set_flush_denormal(True)  # denormal floats slow CPU convolutions many times over
     return dev
+
+
+_FLUSH_DEPTH = [0]
+
+
+@contextlib.contextmanager
+def flush_denormal() -> Iterator[None]:
+    """Treat denormal floats as zero inside the block (CPU), and restore afterwards.
+
+    Denormal numbers make CPU convolutions many times slower; flushing them is
+    a process-wide setting that also changes numpy's results, so it is only on
+    while a network runs.  Blocks may nest.
+    """
+    import torch
+
+    switched = False
+    if _FLUSH_DEPTH[0] == 0:
+        switched = torch.set_flush_denormal(True)
+    _FLUSH_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _FLUSH_DEPTH[0] -= 1
+        if switched and _FLUSH_DEPTH[0] == 0:
+            torch.set_flush_denormal(False)
 
 
 def cpu_threads() -> int:
@@ -186,7 +211,7 @@ def tiled_logits(
     out = None
     device = torch.device(device) if isinstance(device, str) else device
     step = max(1, int(batch_size))
-    with torch.inference_mode():
+    with torch.inference_mode(), flush_denormal():
         for i in range(0, len(tiles), step):
             chunk = tiles[i : i + step]
             batch = np.stack([extract_tile(image, t) for t in chunk])[:, None]

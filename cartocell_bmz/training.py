@@ -28,6 +28,7 @@ exactly as an uninterrupted run would (on CPU, bit for bit).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -601,7 +602,7 @@ def train(
     """
     import torch
 
-    from cartocell_bmz.inference import resolve_device
+    from cartocell_bmz.inference import flush_denormal, resolve_device
     from cartocell_bmz.networks import build_network, count_parameters, divisor, get_spec, source_path
     from cartocell_bmz.volume_io import ensure_output_dir
 
@@ -640,6 +641,7 @@ def train(
 
     # ---- data
     progress = _Progress(show_progress)
+    stack = contextlib.ExitStack()
     train_set = _load_set(train_dir, config.target_mode, div)
     val_set = _load_set(val_dir, config.target_mode, div)
     patch = _patch_for(config.patch_size, [v.image.shape for v in train_set], div)
@@ -751,6 +753,7 @@ def train(
     progress.start(config.epochs, steps, int(state["epoch"]))
     last_chart = time.perf_counter()
     try:
+        stack.enter_context(flush_denormal())
         while not done:
             epoch = int(state["epoch"]) + 1
             t0 = time.perf_counter()
@@ -818,6 +821,7 @@ def train(
             if on_epoch_end is not None:
                 on_epoch_end(dict(row))
     finally:
+        stack.close()
         progress.stop()
     if state["epoch"] and not (ckpt / "best.pt").is_file():
         _materialise(run_dir, state, net)

@@ -224,6 +224,8 @@ def test_run_folder_follows_the_contract(straight_run, tiny_dataset):
         build_network(model["arch"], **model["kwargs"]).load_state_dict(state)
     for chart in ("loss.png", "iou.png"):
         assert (run / "charts" / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # denormals are flushed only while the network runs, not left on for numpy afterwards
+    assert (np.array([1e-40], np.float32) * np.float32(1.0))[0] != 0
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_dataset, straight_run):
