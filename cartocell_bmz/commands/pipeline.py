@@ -22,9 +22,7 @@ def command(
 ) -> None:
     """Train M1, pseudo-label train_M2 with it, train M2 on the pseudo-labels, and compare M1 and M2 on test.
 
-    Writes OUT/M1, OUT/pseudo_labels/{x,y}, OUT/M2 (or OUT/M2_<arch>), OUT/eval_M1,
-    OUT/eval_M2 and OUT/comparison.{json,md} (F1, PQ, MTS at IoU 0.5 and 0.75; IoU of
-    B, C, M). Run the same command again to continue after an interruption.
+    Writes OUT/M1, OUT/pseudo_labels/{x,y}, OUT/M2 (or OUT/M2_<arch>), OUT/eval_M1, OUT/eval_M2 and OUT/comparison.{json,md} (F1, PQ, MTS at IoU 0.5 and 0.75; IoU of B, C, M). Run the same command again to continue after an interruption.
     """
     from cartocell_bmz.pipeline import run_pipeline
 

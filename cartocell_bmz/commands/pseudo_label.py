@@ -20,9 +20,7 @@ def command(
 ) -> None:
     """Predict B, C, M on every raw volume, run watershed + Voronoi, and write the cells as labels.
 
-    OUT becomes a training set (OUT/x, OUT/y with the same file names) for
-    'cartocell-bmz train --train OUT'. Finished volumes are kept, so an interrupted
-    run continues when started again.
+    OUT becomes a training set (OUT/x, OUT/y with the same file names) for 'cartocell-bmz train --train OUT'. Finished volumes are kept, so an interrupted run continues when started again.
     """
     from cartocell_bmz.pseudo_label import pseudo_label
 

@@ -30,9 +30,7 @@ def command(
 ) -> None:
     """Train a network (B, C, M outputs) on raw cysts and their instance labels.
 
-    Writes the run folder OUT: config.json, model.json, checkpoints/{best,last}.pt,
-    train_log.csv, charts/{loss,iou}.png and status.json. Run the same command again
-    to continue an interrupted run; a finished run is reported and left as it is.
+    Writes the run folder OUT: config.json, model.json, checkpoints/{best,last}.pt, train_log.csv, charts/{loss,iou}.png and status.json. Run the same command again to continue an interrupted run; a finished run is reported and left as it is.
     """
     from cartocell_bmz.augment import Augmentations
     from cartocell_bmz.training import TrainConfig, train as run_training
