@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import importlib
 import io
 import subprocess
 import sys
@@ -28,11 +29,14 @@ from cartocell_bmz.networks import (
     resolve_kwargs,
     source_path,
 )
+from cartocell_bmz.networks import TINY_ASPP_RATES, TINY_SE_WINDOW
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "bmz-cartocell"
 NAMES = sorted(ARCHITECTURES)
 #: Small widths keep every forward pass in the milliseconds.
 SMALL = [4, 8, 12]
+#: Architectures with squeeze-and-excitation blocks (an ``se_window`` argument).
+SE_NAMES = ["resunet_se", "resunetpp", "seunet"]
 #: Modules an architecture file may import (it is carried alone by BMZ packages).
 ALLOWED_IMPORTS = {"torch", "typing", "math", "__future__"}
 
@@ -135,6 +139,7 @@ def test_unknown_architecture_names_the_choices():
         ({"k_size": 4}, "k_size must be odd"),
         ({"upsample": "nearest"}, "upsample must be 'convtranspose' or 'upsampling'"),
         ({"out_channels": 0}, "out_channels must be an integer >= 1"),
+        ({"se_window": [3, 5, 5]}, r"unknown argument\(s\) 'se_window'"),  # resunet has no SE
     ],
 )
 def test_bad_kwargs_raise_config_error(kwargs, message):
@@ -142,6 +147,23 @@ def test_bad_kwargs_raise_config_error(kwargs, message):
         build_network("resunet", **kwargs)
     assert "'resunet'" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "message"),
+    [
+        ("seunet", {"se_window": [3, 4, 5]}, "se_window must be null .* three odd sizes"),
+        ("resunet_se", {"se_window": [3, 5]}, "se_window must be null"),
+        ("resunet_se", {"se_window": "global"}, "se_window must be null"),
+        ("resunetpp", {"se_window": [0, 1, 1]}, "se_window must be null"),
+        ("resunetpp", {"aspp_rates": []}, "aspp_rates must list one or more"),
+        ("resunetpp", {"aspp_rates": [2, 0]}, "aspp_rates must list one or more"),
+        ("seunet", {"aspp_rates": [1]}, r"unknown argument\(s\) 'aspp_rates'.*se_window"),
+    ],
+)
+def test_bad_architecture_specific_kwargs(name, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        build_network(name, **kwargs)
 
 
 def test_resolve_kwargs_completes_and_is_json():
@@ -173,7 +195,14 @@ def test_presets():
         tiny = build_network(name, **preset_kwargs(name, "tiny"))
         n = count_parameters(tiny)
         assert 10_000 < n < 250_000, (name, n)
-        assert preset_kwargs(name, "paper") == PAPER_KWARGS
+        # the paper preset is the published configuration: global SE, ASPP rates 6, 12, 18
+        assert preset_kwargs(name, "paper") == {**PAPER_KWARGS, **get_spec(name).extra_kwargs}
+    for name in SE_NAMES:
+        assert preset_kwargs(name, "paper")["se_window"] is None
+        assert preset_kwargs(name, "tiny")["se_window"] == TINY_SE_WINDOW
+    assert preset_kwargs("resunetpp", "paper")["aspp_rates"] == [6, 12, 18]
+    assert preset_kwargs("resunetpp", "tiny")["aspp_rates"] == TINY_ASPP_RATES
+    assert "se_window" not in preset_kwargs("unet", "tiny")
 
 
 def test_cartocell_residual_unet_has_about_1_36_million_parameters():
@@ -250,9 +279,10 @@ def test_bad_input_sizes_raise_a_clear_error(name):
 # --------------------------------------------------------------------------- TorchScript, determinism
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + [f"{n}+window" for n in SE_NAMES])
 def test_torchscript_output_identical_to_eager(name):
-    net = _net(name, z_down=[2, 1])
+    name, _, window = name.partition("+")
+    net = _net(name, z_down=[2, 1], **({"se_window": [3, 3, 5]} if window else {}))
     scripted = torch.jit.script(net)
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)
@@ -423,3 +453,49 @@ def test_every_tiny_architecture_overfits_one_synthetic_cyst(name):
     losses, iou = _overfit(name, steps=150)
     assert losses[-1] < 0.1, (name, losses[::10])
     assert iou[1] > 0.85 and iou[2] > 0.85, (name, iou)
+
+
+# --------------------------------------------------------------------------- reach
+
+
+@pytest.mark.parametrize("name", SE_NAMES)
+def test_se_window_bounds_the_reach_of_the_network(name):
+    """With a window, voxels far away cannot change an output; with the global average they do.
+
+    This is what lets a tiled prediction with a halo equal a whole-volume one.
+    """
+    extra = {"aspp_rates": [1, 2]} if name == "resunetpp" else {}
+    x = torch.randn(1, 1, 4, 8, 256, generator=torch.Generator().manual_seed(3))
+    far = x.clone()
+    far[..., :16] += 3.0  # change the first 16 voxels along x
+    for window, changes in ((None, True), ([3, 3, 3], False)):
+        net = _net(name, se_window=window, **extra)
+        with torch.no_grad():
+            a, b = net(x), net(far)
+        # the last 64 voxels lie 176 voxels away: beyond the windowed network's receptive field
+        diff = (a - b)[..., -64:].abs().max().item()
+        if changes:
+            assert diff > 1e-4, (name, window, diff)
+        else:
+            assert diff < 1e-6, (name, window, diff)
+        assert (a - b)[..., :16].abs().max().item() > 1e-3  # near the change, it matters either way
+
+
+@pytest.mark.parametrize("name", SE_NAMES)
+def test_se_window_is_the_mean_over_the_neighbourhood_inside_the_input(name):
+    """The local squeeze is a centred mean over the voxels inside the input, for any input size."""
+    module = importlib.import_module(f"cartocell_bmz.networks.{name}")
+    se = module._SqueezeExcitation(4, window=[3, 5, 1])
+    x = torch.randn(2, 4, 3, 2, 7, generator=torch.Generator().manual_seed(1))  # y smaller than its window
+    ref = torch.empty_like(x)
+    for z in range(3):
+        for y in range(2):
+            ref[:, :, z, y] = x[:, :, max(0, z - 1):z + 2, max(0, y - 2):y + 3].mean(dim=(2, 3))
+    gate = torch.sigmoid(se.fc2(torch.relu(se.fc1(ref))))
+    with torch.no_grad():
+        assert (se(x) - x * gate).abs().max().item() < 1e-6
+        assert torch.equal(torch.jit.script(se)(x), se(x))
+    glob = module._SqueezeExcitation(4)
+    gate = torch.sigmoid(glob.fc2(torch.relu(glob.fc1(x.mean(dim=(2, 3, 4), keepdim=True)))))
+    with torch.no_grad():
+        assert (glob(x) - x * gate).abs().max().item() < 1e-6

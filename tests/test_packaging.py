@@ -331,6 +331,28 @@ def test_blocked_prediction_equals_whole_volume_in_plain_bioimageio_core(built):
     assert result["max_diff"] <= 0.01
 
 
+#: The project's packages in model_packages/ (issue 6: each one passes the check below).
+MODEL_PACKAGES = sorted(p for p in (Path(__file__).resolve().parents[1] / "model_packages").iterdir()
+                        if (p / "rdf.yaml").is_file()) if (Path(__file__).resolve().parents[1] / "model_packages").is_dir() else []
+
+
+@pytest.mark.parametrize("package", MODEL_PACKAGES, ids=[p.name for p in MODEL_PACKAGES])
+def test_model_packages_blocked_equal_whole_volume_in_plain_bioimageio_core(package, tmp_path):
+    """Each package of model_packages/, loaded by plain bioimageio.core offline: blocked == whole within 0.01."""
+    volume = write_cyst(tmp_path / "cyst.tif", shape=(40, 128, 128), seed=12)
+    proc = subprocess.run(
+        [sys.executable, "-c", _BLOCKED_VS_WHOLE, str(package), str(volume)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(package.name, result)
+    assert result["cartocell_imported"] is False
+    assert result["shape"] == [1, 3, 40, 128, 128]
+    assert result["n_blocks"] >= 8
+    assert result["max_diff"] <= 0.01
+
+
 def test_rebuild_with_the_cli_gives_identical_weights_and_rdf(built, monkeypatch):
     from typer.testing import CliRunner
 

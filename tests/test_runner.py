@@ -353,3 +353,27 @@ def test_model_packages_match_whole_volume(package):
         with Predictor(package, weights="torchscript", trust=True, max_tile_voxels=48 * 96 * 96, batch_size=2) as t:
             ts = t.predict(vol)
         assert np.abs(ts - tiled).max() < 1e-4
+
+
+@pytest.mark.parametrize("weights", ["pytorch_state_dict", "torchscript"])
+def test_cpu_networks_run_channels_last_with_the_same_probabilities(packages, cyst, weights):
+    """The runner converts the loaded network to channels-last order; outputs stay those of the default order."""
+    import torch
+
+    from cartocell_bmz.runner import use_channels_last
+
+    def kernels(net):
+        return [t for t in net.parameters() if t.dim() == 5]
+
+    with Predictor(packages["param"], weights=weights, trust=True, device="cpu") as p:
+        (_, net), = list(p._pipeline._adapter._model_queue.queue)
+        assert kernels(net) and all(t.is_contiguous(memory_format=torch.channels_last_3d) for t in kernels(net))
+        assert not all(t.is_contiguous() for t in kernels(net))
+        tiles = p.normalize(cyst)[None, :16, :32, :32].copy()
+        fast = p.forward(tiles)
+        net.to(memory_format=torch.contiguous_format)  # back to the default order
+        assert all(t.is_contiguous() for t in kernels(net))
+        slow = p.forward(tiles)
+    assert np.abs(fast - slow).max() < 1e-5 and fast.std() > 0.01
+    # a pipeline of another backend, or of a core that keeps its models elsewhere, is left alone
+    assert use_channels_last(object()) == 0

@@ -118,6 +118,10 @@ class ArchSpec:
         Constructor arguments used when none are given (CartoCell's sizes).
     presets : dict
         Constructor arguments per preset size (``"tiny"``, ``"paper"``).
+    extra_kwargs : dict
+        Arguments only this architecture takes, with their defaults (those of
+        the published model): ``se_window`` for the squeeze-and-excitation
+        networks, ``aspp_rates`` for ResUNet++.
     """
 
     name: str
@@ -130,9 +134,23 @@ class ArchSpec:
     presets: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"tiny": copy.deepcopy(TINY_KWARGS), "paper": copy.deepcopy(PAPER_KWARGS)}
     )
+    extra_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def _spec(name: str, source: str, callable_: str, title: str, text: str, doi: str, published_id: str) -> ArchSpec:
+#: Squeeze-and-excitation window of the tiny preset, in voxels of each block's grid:
+#: about 3 x 2.5 x 2.5 um at full resolution on CartoCell's 1 x 0.5 x 0.5 um voxels.
+#: A local window keeps the reach of the network bounded, so that tiled prediction
+#: equals whole-volume prediction (the published models average globally).
+TINY_SE_WINDOW: list[int] = [3, 5, 5]
+
+#: ASPP dilation rates of the tiny ResUNet++: the published 6, 12, 18 reach 72 voxels
+#: in y and x at the bridge, wider than a whole small cyst.
+TINY_ASPP_RATES: list[int] = [1, 2, 3]
+
+
+def _spec(name: str, source: str, callable_: str, title: str, text: str, doi: str, published_id: str,
+          extra: Mapping[str, Any] | None = None, tiny_extra: Mapping[str, Any] | None = None) -> ArchSpec:
+    extra = dict(extra or {})
     return ArchSpec(
         name=name,
         source=source,
@@ -140,6 +158,12 @@ def _spec(name: str, source: str, callable_: str, title: str, text: str, doi: st
         title=title,
         citation={"text": text, "doi": doi},
         published_id=published_id,
+        default_kwargs={**copy.deepcopy(PAPER_KWARGS), **copy.deepcopy(extra)},
+        presets={
+            "tiny": {**copy.deepcopy(TINY_KWARGS), **copy.deepcopy(extra), **copy.deepcopy(dict(tiny_extra or {}))},
+            "paper": {**copy.deepcopy(PAPER_KWARGS), **copy.deepcopy(extra)},
+        },
+        extra_kwargs=copy.deepcopy(extra),
     )
 
 
@@ -164,12 +188,15 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             "seunet", "seunet.py", "SE_U_Net", "Squeeze-and-Excitation U-Net",
             "Hu J., Shen L., Sun G. Squeeze-and-excitation networks. CVPR 2018.",
             "10.1109/CVPR.2018.00745", "idealistic-turtle",
+            extra={"se_window": None}, tiny_extra={"se_window": TINY_SE_WINDOW},
         ),
         _spec(
             "resunetpp", "resunetpp.py", "ResUNetPlusPlus", "ResUNet++",
             "Jha D. et al. ResUNet++: An advanced architecture for medical image segmentation. "
             "IEEE ISM 2019.",
             "10.1109/ISM46123.2019.00049", "intelligent-lion",
+            extra={"se_window": None, "aspp_rates": [6, 12, 18]},
+            tiny_extra={"se_window": TINY_SE_WINDOW, "aspp_rates": TINY_ASPP_RATES},
         ),
         _spec(
             "resunet", "resunet.py", "ResUNet", "Residual U-Net",
@@ -181,6 +208,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             "resunet_se", "resunet_se.py", "ResUNet_SE", "Residual Squeeze-and-Excitation U-Net",
             "Hu J., Shen L., Sun G. Squeeze-and-excitation networks. CVPR 2018.",
             "10.1109/CVPR.2018.00745", "venomous-swan",
+            extra={"se_window": None}, tiny_extra={"se_window": TINY_SE_WINDOW},
         ),
     )
 }
@@ -245,11 +273,12 @@ def resolve_kwargs(name: str, kwargs: Mapping[str, Any] | None = None) -> dict[s
     """
     spec = get_spec(name)
     given = dict(kwargs or {})
-    unknown = sorted(set(given) - set(KWARG_NAMES))
+    valid = (*KWARG_NAMES, *spec.extra_kwargs)
+    unknown = sorted(set(given) - set(valid))
     if unknown:
         raise ConfigError(
             f"unknown argument(s) {', '.join(map(repr, unknown))} for architecture {name!r}; "
-            f"valid arguments are {', '.join(KWARG_NAMES)}"
+            f"valid arguments are {', '.join(valid)}"
         )
     kw = copy.deepcopy(spec.default_kwargs)
     kw.update(copy.deepcopy(given))
@@ -267,7 +296,7 @@ def resolve_kwargs(name: str, kwargs: Mapping[str, Any] | None = None) -> dict[s
         except TypeError:
             pass
     try:
-        kw = _check_kwargs(kw)
+        kw = {**_check_kwargs(kw), **_check_extra_kwargs({k: kw[k] for k in spec.extra_kwargs})}
     except ValueError as err:
         raise ConfigError(f"architecture {name!r}: {err}") from None
     return kw
@@ -321,6 +350,30 @@ def _check_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
     if kw["upsample"] not in ("convtranspose", "upsampling"):
         raise ValueError(f"upsample must be 'convtranspose' or 'upsampling', got {kw['upsample']!r}")
     out["upsample"] = str(kw["upsample"])
+    return out
+
+
+def _check_extra_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    """Check the architecture-specific arguments ``se_window`` and ``aspp_rates`` (raises ValueError)."""
+    out: dict[str, Any] = {}
+    if "se_window" in kw:
+        w = kw["se_window"]
+        if w is not None:
+            if isinstance(w, (str, bytes)) or not hasattr(w, "__len__") or len(w) != 3 or any(
+                isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 or v % 2 == 0 for v in w
+            ):
+                raise ValueError(
+                    f"se_window must be null (global average, as published) or three odd sizes (z, y, x) >= 1, got {w!r}"
+                )
+            w = [int(v) for v in w]
+        out["se_window"] = w
+    if "aspp_rates" in kw:
+        r = kw["aspp_rates"]
+        if isinstance(r, (str, bytes)) or not hasattr(r, "__len__") or len(r) < 1 or any(
+            isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in r
+        ):
+            raise ValueError(f"aspp_rates must list one or more dilation rates >= 1, got {r!r}")
+        out["aspp_rates"] = [int(v) for v in r]
     return out
 
 
@@ -400,7 +453,9 @@ __all__ = [
     "KWARG_NAMES",
     "PAPER_KWARGS",
     "PRESET_SIZES",
+    "TINY_ASPP_RATES",
     "TINY_KWARGS",
+    "TINY_SE_WINDOW",
     "build_network",
     "count_parameters",
     "divisor",

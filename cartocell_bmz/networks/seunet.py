@@ -7,6 +7,10 @@ concatenated, 1x1x1 head) with a squeeze-and-excitation block (Hu, Shen & Sun,
 recalibrating the channels at the end of every double-convolution block, as
 in the published CartoCell model idealistic-turtle.
 
+Squeeze-and-excitation averages over the whole input by default, as the
+published model does; ``se_window`` makes it a local average (see
+``_SqueezeExcitation``), so that the network can be tiled exactly.
+
 The network returns logits ``(N, out_channels, Z, Y, X)`` (B, C, M for
 CartoCell); apply a sigmoid to get probabilities.  Y and X must be multiples
 of ``2 ** (len(feature_maps) - 1)``, Z of the product of ``z_down``.
@@ -17,7 +21,7 @@ imports other than torch, typing and math.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -63,22 +67,63 @@ def _act(kind: str) -> nn.Module:
     raise ValueError(f"activation must be 'elu' or 'relu', got {kind!r}")
 
 
+def _se_window(se_window: Optional[Sequence[int]]) -> List[int]:
+    if se_window is None:
+        return []
+    w = [int(v) for v in se_window]
+    if len(w) != 3 or any(v < 1 or v % 2 == 0 for v in w):
+        raise ValueError(
+            "se_window must be None (global average) or three odd positive sizes (z, y, x), got {}".format(se_window)
+        )
+    return w
+
+
 class _SqueezeExcitation(nn.Module):
-    """3D squeeze-and-excitation (Hu et al. 2018): global average pool, bottleneck of two
+    """3D squeeze-and-excitation (Hu et al. 2018): average pool, bottleneck of two
     1x1x1 convolutions (ReLU, sigmoid), channels rescaled by the result.
 
     The bottleneck has ``channels // 16`` units (Hu et al.'s ratio), at least 4
     (or ``channels`` when fewer), so that narrow layers keep a useful gate.
+
+    With an empty ``window`` the average is global (Hu et al.; the published
+    CartoCell models): every voxel's gate depends on the whole input, so a tiled
+    prediction differs from a whole-volume one however much the tiles overlap.
+    With ``window = [wz, wy, wx]`` (odd sizes, in voxels of this layer's grid) it
+    is a centred moving average (voxels beyond the input not counted): a gate
+    depends on a neighbourhood only, and tiles whose halo covers it compute what
+    the whole volume computes.
     """
 
-    def __init__(self, channels: int, ratio: int = 16) -> None:
+    def __init__(self, channels: int, ratio: int = 16, window: Optional[List[int]] = None) -> None:
         super().__init__()
         hidden = max(min(4, channels), channels // ratio)
         self.fc1 = nn.Conv3d(channels, hidden, kernel_size=1)
         self.fc2 = nn.Conv3d(hidden, channels, kernel_size=1)
+        self.global_average = window is None or len(window) == 0
+        self.window: List[int] = [1, 1, 1] if self.global_average else [int(w) for w in window]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean(dim=(2, 3, 4), keepdim=True)
+        if self.global_average:
+            s = x.mean(dim=(2, 3, 4), keepdim=True)
+        else:
+            s = x
+            for axis in range(3):
+                w = self.window[axis]
+                if w > 1:
+                    # moving sum over zero padding (any input size), divided by the voxels inside
+                    r = w // 2
+                    n = s.shape[2 + axis]
+                    k = [1, 1, 1]
+                    k[axis] = w
+                    pad = [0, 0, 0, 0, 0, 0]
+                    pad[4 - 2 * axis] = r
+                    pad[5 - 2 * axis] = r
+                    total = nn.functional.avg_pool3d(nn.functional.pad(s, pad), kernel_size=k, stride=1) * w
+                    i = torch.arange(n, device=x.device)
+                    count = torch.clamp(i + r, max=n - 1) - torch.clamp(i - r, min=0) + 1
+                    shape = [1, 1, 1, 1, 1]
+                    shape[2 + axis] = n
+                    s = total / count.to(s.dtype).view(shape)
         s = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
         return x * s
 
@@ -89,11 +134,12 @@ def _conv(cin: int, cout: int, k: int) -> nn.Conv3d:
     return nn.Conv3d(cin, cout, kernel_size=k, padding=k // 2)
 
 
-def _double_conv(cin: int, cout: int, k: int, norm: str, act: str, dropout: float) -> nn.Sequential:
+def _double_conv(cin: int, cout: int, k: int, norm: str, act: str, dropout: float,
+                 se_window: List[int]) -> nn.Sequential:
     layers: List[nn.Module] = [_conv(cin, cout, k), _norm(norm, cout), _act(act)]
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
-    layers += [_conv(cout, cout, k), _norm(norm, cout), _act(act), _SqueezeExcitation(cout)]
+    layers += [_conv(cout, cout, k), _norm(norm, cout), _act(act), _SqueezeExcitation(cout, window=se_window)]
     return nn.Sequential(*layers)
 
 
@@ -115,10 +161,10 @@ class _Up(nn.Module):
     """Upsample to ``cout`` channels, concatenate the skip connection, two convolutions."""
 
     def __init__(self, cin: int, cout: int, z: int, k: int, norm: str, act: str, dropout: float,
-                 upsample: str) -> None:
+                 upsample: str, se_window: List[int]) -> None:
         super().__init__()
         self.up = _upsampler(cin, cout, z, norm, act, upsample)
-        self.block = _double_conv(2 * cout, cout, k, norm, act, dropout)
+        self.block = _double_conv(2 * cout, cout, k, norm, act, dropout, se_window)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.block(torch.cat([self.up(x), skip], dim=1))
@@ -148,6 +194,11 @@ class SE_U_Net(nn.Module):
         Odd convolution kernel size.
     upsample : {"convtranspose", "upsampling"}
         Transposed convolution or trilinear upsampling in the decoder.
+    se_window : sequence of 3 odd int, optional
+        Averaging window ``(z, y, x)`` of every squeeze-and-excitation block, in
+        voxels of the block's own grid.  ``None`` (the published model) averages
+        over the whole input; a window bounds the network's reach, so that tiled
+        prediction with a large enough halo equals whole-volume prediction.
     """
 
     def __init__(
@@ -161,9 +212,11 @@ class SE_U_Net(nn.Module):
         activation: str = "elu",
         k_size: int = 3,
         upsample: str = "convtranspose",
+        se_window: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         fm, zd, dr = _levels(feature_maps, z_down, dropout)
+        sw = _se_window(se_window)
         zprod = 1
         for z in zd:
             zprod *= z
@@ -174,14 +227,14 @@ class SE_U_Net(nn.Module):
         self.pools = nn.ModuleList()
         cin = int(in_channels)
         for i in range(len(fm) - 1):
-            self.down.append(_double_conv(cin, fm[i], k_size, normalization, activation, dr[i]))
+            self.down.append(_double_conv(cin, fm[i], k_size, normalization, activation, dr[i], sw))
             self.pools.append(nn.MaxPool3d(kernel_size=(zd[i], 2, 2)))
             cin = fm[i]
-        self.bottom = _double_conv(cin, fm[-1], k_size, normalization, activation, dr[-1])
+        self.bottom = _double_conv(cin, fm[-1], k_size, normalization, activation, dr[-1], sw)
         self.up = nn.ModuleList()
         cin = fm[-1]
         for i in range(len(fm) - 2, -1, -1):
-            self.up.append(_Up(cin, fm[i], zd[i], k_size, normalization, activation, dr[i], upsample))
+            self.up.append(_Up(cin, fm[i], zd[i], k_size, normalization, activation, dr[i], upsample, sw))
             cin = fm[i]
         self.head = nn.Conv3d(fm[0], int(out_channels), kernel_size=1)
 
