@@ -301,10 +301,11 @@ def _measure_once(pkg: Path, env: dict, work: Path, shape) -> None:
 def _seed_margins(pkg: Path, cache: Path) -> None:
     """Store margins for the memory run (so it does not measure a random paper-size network)."""
     from cartocell_bmz.resolve import resolve_model
+    from cartocell_bmz.runner import EDGE_TOLERANCE
     from cartocell_bmz.volume_io import atomic_open
 
     r = resolve_model(str(pkg), trust=True, cache_dir=cache)
-    key = f"{r.rdf_sha256[:24]}-pytorch_state_dict-80x80x80-0.005.json"
+    key = f"{r.rdf_sha256[:24]}-pytorch_state_dict-80x80x80-{EDGE_TOLERANCE:g}.json"
     with atomic_open(cache / "margins" / key) as f:
         json.dump({"tile": [80, 80, 80], "margin": [7, 14, 14], "overlap": [0, 0, 0], "error": [None] * 3,
                    "profiles": [[], [], []], "floor": [0, 0, 0]}, f)

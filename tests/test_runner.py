@@ -275,27 +275,30 @@ def test_segment_returns_cells(packages, cyst):
         segment(cyst, packages["merry-water-buffalo"], spacing=(1, 0, 1), trust=True)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("model_id", PUBLISHED_IDS)
 def test_published_size_lookalikes_match_whole_volume(model_id, tmp_path):
-    """The six look-alikes at the published 80^3, default (measured) margins, a cyst larger than a tile."""
+    """The six look-alikes at the published 80^3, default (measured) margins, a cyst larger than a tile.
+
+    The weights and kwargs are this project's trained ones (model_packages/): with
+    random weights a network's edge effects reach far beyond any margin.
+    """
     from cartocell_bmz.phantoms import make_cyst
 
     arch = {"happy-honeybee": "unet", "heroic-otter": "attention_unet", "idealistic-turtle": "seunet",
             "intelligent-lion": "resunetpp", "merry-water-buffalo": "resunet", "venomous-swan": "resunet_se"}[model_id]
     found = trained_weights(arch)
-    if found is None:
-        pytest.skip(f"no trained {arch} in model_packages/ (random weights reach far beyond any margin)")
+    assert found is not None, f"no trained {arch} in model_packages/"
     net, net_kwargs = found
     pkg = build_lookalike(tmp_path / model_id, model_id, size=80, kwargs=net_kwargs, net=net)
     vol = make_cyst((48, 176, 176), (1.0, 0.5, 0.5), stage="day10", seed=2).raw
     with Predictor(pkg, trust=True, batch_size=2) as p:
+        assert p.plan(vol.shape).n_tiles > 1
         em = p.edge_margins(p.geometry(vol.shape))
         tiled = p.predict(vol)
         whole = predict_whole(p, vol)
     diff = np.abs(_inner(tiled - whole, (8, 16, 16))).max()
-    # layers pooling over a whole tile (squeeze-and-excitation) make tiles differ by em.floor
-    assert diff <= 0.01 + 2 * max(em.floor), (diff, em)
+    print(f"tiled vs whole: {diff:.4f} with margins {em.margin}")
+    assert diff <= 0.01, (diff, em)
 
 
 def trained_weights(arch: str):
@@ -327,11 +330,10 @@ def _callable(arch: str) -> str:
 
 
 def _model_packages() -> list:
-    """One case per package in model_packages/ (the first in the default run, the others marked slow)."""
+    """One case per package in model_packages/."""
     found = sorted(MODEL_PACKAGES.items())
-    if not found:
-        return [pytest.param(None, marks=pytest.mark.skip(reason="model_packages/ holds no package yet"))]
-    return [pytest.param(path, id=name, marks=() if i == 0 else pytest.mark.slow) for i, (name, path) in enumerate(found)]
+    assert found, "model_packages/ holds no package"
+    return [pytest.param(path, id=name) for name, path in found]
 
 
 @pytest.mark.parametrize("package", _model_packages())
@@ -348,7 +350,8 @@ def test_model_packages_match_whole_volume(package):
         whole = predict_whole(p, vol)
         formats = p.model.weight_formats
     diff = np.abs(_inner(tiled - whole, (8, 16, 16))).max()
-    assert diff <= 0.01 + 2 * max(em.floor), (diff, em)
+    print(f"tiled vs whole: {diff:.4f} with margins {em.margin}")
+    assert diff <= 0.01, (diff, em)
     if "torchscript" in formats:
         with Predictor(package, weights="torchscript", trust=True, max_tile_voxels=48 * 96 * 96, batch_size=2) as t:
             ts = t.predict(vol)

@@ -8,6 +8,10 @@ before the addition, as in SE-ResNet (Hu, Shen & Sun, "Squeeze-and-excitation
 networks", CVPR 2018, doi:10.1109/CVPR.2018.00745); the published CartoCell
 model venomous-swan uses this architecture.
 
+Squeeze-and-excitation averages over the whole input by default, as the
+published model does; ``se_window`` makes it a local average (see
+``_SqueezeExcitation``), so that the network can be tiled exactly.
+
 The network returns logits ``(N, out_channels, Z, Y, X)`` (B, C, M for
 CartoCell); apply a sigmoid to get probabilities.  Y and X must be multiples
 of ``2 ** (len(feature_maps) - 1)``, Z of the product of ``z_down``.
@@ -18,7 +22,7 @@ imports other than torch, typing and math.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -64,22 +68,63 @@ def _act(kind: str) -> nn.Module:
     raise ValueError(f"activation must be 'elu' or 'relu', got {kind!r}")
 
 
+def _se_window(se_window: Optional[Sequence[int]]) -> List[int]:
+    if se_window is None:
+        return []
+    w = [int(v) for v in se_window]
+    if len(w) != 3 or any(v < 1 or v % 2 == 0 for v in w):
+        raise ValueError(
+            "se_window must be None (global average) or three odd positive sizes (z, y, x), got {}".format(se_window)
+        )
+    return w
+
+
 class _SqueezeExcitation(nn.Module):
-    """3D squeeze-and-excitation (Hu et al. 2018): global average pool, bottleneck of two
+    """3D squeeze-and-excitation (Hu et al. 2018): average pool, bottleneck of two
     1x1x1 convolutions (ReLU, sigmoid), channels rescaled by the result.
 
     The bottleneck has ``channels // 16`` units (Hu et al.'s ratio), at least 4
     (or ``channels`` when fewer), so that narrow layers keep a useful gate.
+
+    With an empty ``window`` the average is global (Hu et al.; the published
+    CartoCell models): every voxel's gate depends on the whole input, so a tiled
+    prediction differs from a whole-volume one however much the tiles overlap.
+    With ``window = [wz, wy, wx]`` (odd sizes, in voxels of this layer's grid) it
+    is a centred moving average (voxels beyond the input not counted): a gate
+    depends on a neighbourhood only, and tiles whose halo covers it compute what
+    the whole volume computes.
     """
 
-    def __init__(self, channels: int, ratio: int = 16) -> None:
+    def __init__(self, channels: int, ratio: int = 16, window: Optional[List[int]] = None) -> None:
         super().__init__()
         hidden = max(min(4, channels), channels // ratio)
         self.fc1 = nn.Conv3d(channels, hidden, kernel_size=1)
         self.fc2 = nn.Conv3d(hidden, channels, kernel_size=1)
+        self.global_average = window is None or len(window) == 0
+        self.window: List[int] = [1, 1, 1] if self.global_average else [int(w) for w in window]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean(dim=(2, 3, 4), keepdim=True)
+        if self.global_average:
+            s = x.mean(dim=(2, 3, 4), keepdim=True)
+        else:
+            s = x
+            for axis in range(3):
+                w = self.window[axis]
+                if w > 1:
+                    # moving sum over zero padding (any input size), divided by the voxels inside
+                    r = w // 2
+                    n = s.shape[2 + axis]
+                    k = [1, 1, 1]
+                    k[axis] = w
+                    pad = [0, 0, 0, 0, 0, 0]
+                    pad[4 - 2 * axis] = r
+                    pad[5 - 2 * axis] = r
+                    total = nn.functional.avg_pool3d(nn.functional.pad(s, pad), kernel_size=k, stride=1) * w
+                    i = torch.arange(n, device=x.device)
+                    count = torch.clamp(i + r, max=n - 1) - torch.clamp(i - r, min=0) + 1
+                    shape = [1, 1, 1, 1, 1]
+                    shape[2 + axis] = n
+                    s = total / count.to(s.dtype).view(shape)
         s = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
         return x * s
 
@@ -93,7 +138,8 @@ def _conv(cin: int, cout: int, k: int) -> nn.Conv3d:
 class _ResBlock(nn.Module):
     """Full pre-activation residual block ``[norm, act,] conv, norm, act, dropout, conv, SE`` + 1x1x1 shortcut."""
 
-    def __init__(self, cin: int, cout: int, k: int, norm: str, act: str, dropout: float, first: bool) -> None:
+    def __init__(self, cin: int, cout: int, k: int, norm: str, act: str, dropout: float, first: bool,
+                 se_window: List[int]) -> None:
         super().__init__()
         layers: List[nn.Module] = []
         if not first:
@@ -101,7 +147,7 @@ class _ResBlock(nn.Module):
         layers += [_conv(cin, cout, k), _norm(norm, cout), _act(act)]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
-        layers += [_conv(cout, cout, k), _SqueezeExcitation(cout)]
+        layers += [_conv(cout, cout, k), _SqueezeExcitation(cout, window=se_window)]
         self.body = nn.Sequential(*layers)
         self.shortcut = nn.Conv3d(cin, cout, kernel_size=1)
 
@@ -113,7 +159,7 @@ class _Up(nn.Module):
     """Upsample by ``(z, 2, 2)``, concatenate the skip connection, residual block."""
 
     def __init__(self, cin: int, cskip: int, cout: int, z: int, k: int, norm: str, act: str, dropout: float,
-                 upsample: str) -> None:
+                 upsample: str, se_window: List[int]) -> None:
         super().__init__()
         factor = (z, 2, 2)
         if upsample == "convtranspose":
@@ -122,7 +168,7 @@ class _Up(nn.Module):
             self.up = nn.Upsample(scale_factor=(float(z), 2.0, 2.0), mode="trilinear", align_corners=False)
         else:
             raise ValueError(f"upsample must be 'convtranspose' or 'upsampling', got {upsample!r}")
-        self.block = _ResBlock(cin + cskip, cout, k, norm, act, dropout, first=False)
+        self.block = _ResBlock(cin + cskip, cout, k, norm, act, dropout, first=False, se_window=se_window)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.block(torch.cat([self.up(x), skip], dim=1))
@@ -152,6 +198,11 @@ class ResUNet_SE(nn.Module):
         Odd convolution kernel size.
     upsample : {"convtranspose", "upsampling"}
         Transposed convolution or trilinear upsampling in the decoder.
+    se_window : sequence of 3 odd int, optional
+        Averaging window ``(z, y, x)`` of every squeeze-and-excitation block, in
+        voxels of the block's own grid.  ``None`` (the published model) averages
+        over the whole input; a window bounds the network's reach, so that tiled
+        prediction with a large enough halo equals whole-volume prediction.
     """
 
     def __init__(
@@ -165,9 +216,11 @@ class ResUNet_SE(nn.Module):
         activation: str = "elu",
         k_size: int = 3,
         upsample: str = "convtranspose",
+        se_window: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         fm, zd, dr = _levels(feature_maps, z_down, dropout)
+        sw = _se_window(se_window)
         zprod = 1
         for z in zd:
             zprod *= z
@@ -178,14 +231,15 @@ class ResUNet_SE(nn.Module):
         self.pools = nn.ModuleList()
         cin = int(in_channels)
         for i in range(len(fm) - 1):
-            self.down.append(_ResBlock(cin, fm[i], k_size, normalization, activation, dr[i], first=i == 0))
+            self.down.append(_ResBlock(cin, fm[i], k_size, normalization, activation, dr[i], first=i == 0, se_window=sw))
             self.pools.append(nn.MaxPool3d(kernel_size=(zd[i], 2, 2)))
             cin = fm[i]
-        self.bottom = _ResBlock(cin, fm[-1], k_size, normalization, activation, dr[-1], first=len(fm) == 1)
+        self.bottom = _ResBlock(cin, fm[-1], k_size, normalization, activation, dr[-1], first=len(fm) == 1,
+                                se_window=sw)
         self.up = nn.ModuleList()
         cin = fm[-1]
         for i in range(len(fm) - 2, -1, -1):
-            self.up.append(_Up(cin, fm[i], fm[i], zd[i], k_size, normalization, activation, dr[i], upsample))
+            self.up.append(_Up(cin, fm[i], fm[i], zd[i], k_size, normalization, activation, dr[i], upsample, sw))
             cin = fm[i]
         self.head = nn.Conv3d(fm[0], int(out_channels), kernel_size=1)
 

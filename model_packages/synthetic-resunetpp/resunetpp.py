@@ -10,13 +10,18 @@ reference implementation:
 - encoder: full pre-activation residual blocks whose first convolution (and
   shortcut) has stride ``(z_down, 2, 2)``, each followed by SE;
 - bridge: atrous spatial pyramid pooling (ASPP: 3x3x3 convolutions with
-  dilation 6, 12, 18 and 1, each normalised, summed, 1x1x1 convolution);
+  dilation ``aspp_rates`` (6, 12, 18) and 1, each normalised, summed, 1x1x1
+  convolution);
 - decoder: an attention block (the skip features, normalised, activated,
   convolved and max-pooled to the coarse grid, are added to the decoder
   features, normalised, activated and convolved; a last ``norm, act, conv``
   gives weights that multiply the decoder features), upsampling by
   ``(z_down, 2, 2)``, the skip connection concatenated, a residual block and SE;
 - output: ASPP, then a 1x1x1 head.
+
+SE averages over the whole input by default, as the published model does;
+``se_window`` makes it a local average (see ``_SqueezeExcitation``), so that
+the network can be tiled exactly.
 
 The network returns logits ``(N, out_channels, Z, Y, X)`` (B, C, M for
 CartoCell); apply a sigmoid to get probabilities.  Y and X must be multiples
@@ -28,15 +33,15 @@ imports other than torch, typing and math.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 __all__ = ["ResUNetPlusPlus"]
 
-#: Dilation rates of the ASPP branches (Jha et al.), plus an undilated branch.
-ASPP_RATES: Tuple[int, int, int, int] = (6, 12, 18, 1)
+#: Default dilation rates of the ASPP branches (Jha et al.); an undilated branch is always added.
+ASPP_RATES: Tuple[int, int, int] = (6, 12, 18)
 
 
 def _levels(
@@ -83,22 +88,70 @@ def _conv(cin: int, cout: int, k: int, stride: Tuple[int, int, int] = (1, 1, 1),
     return nn.Conv3d(cin, cout, kernel_size=k, stride=stride, padding=dilation * (k // 2), dilation=dilation)
 
 
+def _se_window(se_window: Optional[Sequence[int]]) -> List[int]:
+    if se_window is None:
+        return []
+    w = [int(v) for v in se_window]
+    if len(w) != 3 or any(v < 1 or v % 2 == 0 for v in w):
+        raise ValueError(
+            "se_window must be None (global average) or three odd positive sizes (z, y, x), got {}".format(se_window)
+        )
+    return w
+
+
+def _aspp_rates(rates: Sequence[int]) -> List[int]:
+    r = [int(v) for v in rates]
+    if len(r) < 1 or any(v < 1 for v in r):
+        raise ValueError("aspp_rates must list one or more positive dilation rates, got {}".format(list(rates)))
+    return r
+
+
 class _SqueezeExcitation(nn.Module):
-    """3D squeeze-and-excitation (Hu et al. 2018): global average pool, bottleneck of two
+    """3D squeeze-and-excitation (Hu et al. 2018): average pool, bottleneck of two
     1x1x1 convolutions (ReLU, sigmoid), channels rescaled by the result.
 
     The bottleneck has ``channels // 16`` units (Hu et al.'s ratio), at least 4
     (or ``channels`` when fewer), so that narrow layers keep a useful gate.
+
+    With an empty ``window`` the average is global (Hu et al.; the published
+    CartoCell models): every voxel's gate depends on the whole input, so a tiled
+    prediction differs from a whole-volume one however much the tiles overlap.
+    With ``window = [wz, wy, wx]`` (odd sizes, in voxels of this layer's grid) it
+    is a centred moving average (voxels beyond the input not counted): a gate
+    depends on a neighbourhood only, and tiles whose halo covers it compute what
+    the whole volume computes.
     """
 
-    def __init__(self, channels: int, ratio: int = 16) -> None:
+    def __init__(self, channels: int, ratio: int = 16, window: Optional[List[int]] = None) -> None:
         super().__init__()
         hidden = max(min(4, channels), channels // ratio)
         self.fc1 = nn.Conv3d(channels, hidden, kernel_size=1)
         self.fc2 = nn.Conv3d(hidden, channels, kernel_size=1)
+        self.global_average = window is None or len(window) == 0
+        self.window: List[int] = [1, 1, 1] if self.global_average else [int(w) for w in window]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean(dim=(2, 3, 4), keepdim=True)
+        if self.global_average:
+            s = x.mean(dim=(2, 3, 4), keepdim=True)
+        else:
+            s = x
+            for axis in range(3):
+                w = self.window[axis]
+                if w > 1:
+                    # moving sum over zero padding (any input size), divided by the voxels inside
+                    r = w // 2
+                    n = s.shape[2 + axis]
+                    k = [1, 1, 1]
+                    k[axis] = w
+                    pad = [0, 0, 0, 0, 0, 0]
+                    pad[4 - 2 * axis] = r
+                    pad[5 - 2 * axis] = r
+                    total = nn.functional.avg_pool3d(nn.functional.pad(s, pad), kernel_size=k, stride=1) * w
+                    i = torch.arange(n, device=x.device)
+                    count = torch.clamp(i + r, max=n - 1) - torch.clamp(i - r, min=0) + 1
+                    shape = [1, 1, 1, 1, 1]
+                    shape[2 + axis] = n
+                    s = total / count.to(s.dtype).view(shape)
         s = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
         return x * s
 
@@ -112,7 +165,7 @@ class _ResBlock(nn.Module):
     """
 
     def __init__(self, cin: int, cout: int, k: int, norm: str, act: str, dropout: float, first: bool,
-                 stride: Tuple[int, int, int] = (1, 1, 1)) -> None:
+                 stride: Tuple[int, int, int] = (1, 1, 1), se_window: Optional[List[int]] = None) -> None:
         super().__init__()
         layers: List[nn.Module] = []
         if not first:
@@ -123,7 +176,7 @@ class _ResBlock(nn.Module):
         layers.append(_conv(cout, cout, k))
         self.body = nn.Sequential(*layers)
         self.shortcut = nn.Sequential(nn.Conv3d(cin, cout, kernel_size=1, stride=stride), _norm(norm, cout))
-        self.se = _SqueezeExcitation(cout)
+        self.se = _SqueezeExcitation(cout, window=se_window)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.se(self.body(x) + self.shortcut(x))
@@ -132,10 +185,10 @@ class _ResBlock(nn.Module):
 class _ASPP(nn.Module):
     """Atrous spatial pyramid pooling: dilated 3x3x3 branches, each normalised, summed, 1x1x1 conv."""
 
-    def __init__(self, cin: int, cout: int, k: int, norm: str) -> None:
+    def __init__(self, cin: int, cout: int, k: int, norm: str, rates: Sequence[int]) -> None:
         super().__init__()
         self.branches = nn.ModuleList(
-            [nn.Sequential(_conv(cin, cout, k, dilation=r), _norm(norm, cout)) for r in ASPP_RATES]
+            [nn.Sequential(_conv(cin, cout, k, dilation=r), _norm(norm, cout)) for r in list(rates) + [1]]
         )
         self.project = nn.Conv3d(cout, cout, kernel_size=1)
 
@@ -166,7 +219,7 @@ class _Up(nn.Module):
     """Attention, upsample by ``(z, 2, 2)``, concatenate the skip connection, residual block + SE."""
 
     def __init__(self, cin: int, cskip: int, cout: int, z: int, k: int, norm: str, act: str, dropout: float,
-                 upsample: str) -> None:
+                 upsample: str, se_window: List[int]) -> None:
         super().__init__()
         self.attention = _AttentionBlock(cskip, cin, z, k, norm, act)
         factor = (z, 2, 2)
@@ -176,7 +229,7 @@ class _Up(nn.Module):
             self.up = nn.Upsample(scale_factor=(float(z), 2.0, 2.0), mode="trilinear", align_corners=False)
         else:
             raise ValueError(f"upsample must be 'convtranspose' or 'upsampling', got {upsample!r}")
-        self.block = _ResBlock(cin + cskip, cout, k, norm, act, dropout, first=False)
+        self.block = _ResBlock(cin + cskip, cout, k, norm, act, dropout, first=False, se_window=se_window)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(self.attention(skip, x))
@@ -208,6 +261,15 @@ class ResUNetPlusPlus(nn.Module):
         Odd convolution kernel size.
     upsample : {"convtranspose", "upsampling"}
         Transposed convolution or trilinear upsampling in the decoder.
+    se_window : sequence of 3 odd int, optional
+        Averaging window ``(z, y, x)`` of every squeeze-and-excitation block, in
+        voxels of the block's own grid.  ``None`` (the published model) averages
+        over the whole input; a window bounds the network's reach, so that tiled
+        prediction with a large enough halo equals whole-volume prediction.
+    aspp_rates : sequence of int
+        Dilation rates of the ASPP branches besides the undilated one (Jha et al.:
+        6, 12, 18).  A branch reaches ``rate`` voxels of its grid (``rate`` times
+        the pooling factor at the bridge), so small volumes and tiles want small rates.
     """
 
     def __init__(
@@ -221,29 +283,34 @@ class ResUNetPlusPlus(nn.Module):
         activation: str = "elu",
         k_size: int = 3,
         upsample: str = "convtranspose",
+        se_window: Optional[Sequence[int]] = None,
+        aspp_rates: Sequence[int] = (6, 12, 18),
     ) -> None:
         super().__init__()
         fm, zd, dr = _levels(feature_maps, z_down, dropout)
+        sw = _se_window(se_window)
         zprod = 1
         for z in zd:
             zprod *= z
         self.divisor: Tuple[int, int, int] = (zprod, 2 ** len(zd), 2 ** len(zd))
         self.in_channels = int(in_channels)
 
-        self.stem = _ResBlock(int(in_channels), fm[0], k_size, normalization, activation, dr[0], first=True)
+        self.stem = _ResBlock(int(in_channels), fm[0], k_size, normalization, activation, dr[0], first=True,
+                              se_window=sw)
         self.down = nn.ModuleList()
         for i in range(1, len(fm)):
             self.down.append(
                 _ResBlock(fm[i - 1], fm[i], k_size, normalization, activation, dr[i], first=False,
-                          stride=(zd[i - 1], 2, 2))
+                          stride=(zd[i - 1], 2, 2), se_window=sw)
             )
-        self.bridge = _ASPP(fm[-1], fm[-1], k_size, normalization)
+        rates = _aspp_rates(aspp_rates)
+        self.bridge = _ASPP(fm[-1], fm[-1], k_size, normalization, rates)
         self.up = nn.ModuleList()
         cin = fm[-1]
         for i in range(len(fm) - 2, -1, -1):
-            self.up.append(_Up(cin, fm[i], fm[i], zd[i], k_size, normalization, activation, dr[i], upsample))
+            self.up.append(_Up(cin, fm[i], fm[i], zd[i], k_size, normalization, activation, dr[i], upsample, sw))
             cin = fm[i]
-        self.aspp_out = _ASPP(fm[0], fm[0], k_size, normalization)
+        self.aspp_out = _ASPP(fm[0], fm[0], k_size, normalization, rates)
         self.head = nn.Conv3d(fm[0], int(out_channels), kernel_size=1)
 
         for m in self.modules():
