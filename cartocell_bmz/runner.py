@@ -57,11 +57,13 @@ DEFAULT_TILE: tuple[int, int, int] = (32, 128, 128)
 #: Largest tile (voxels) chosen for a model with parameterised sizes: about 0.6 GB of
 #: activations for the tiny networks, 2 GB for the published network size.
 MAX_TILE_VOXELS = 1 << 20
-#: Largest change of a probability that tile edges may cause after blending on the probe
-#: image; margins and overlaps are chosen to meet it.  A quarter of the 0.01 the project
-#: promises: the probe's change is the largest over one tile's centre, and over a whole
-#: volume the largest change was up to 3.5x higher (Attention U-Net look-alike, 80^3
-#: tiles: 0.0031 on the probe at 16 voxels from an edge, 0.011 on a 48 x 176 x 176 cyst).
+#: Largest change of a probability that tile edges may cause after blending, measured on
+#: the probe images and shared between the axes (where edges meet, their effects add up);
+#: margins and overlaps are chosen to meet it.  A quarter of the 0.01 the project promises:
+#: the probes' change is the largest over one tile's centre, and over a whole volume the
+#: largest change was up to 4.5x higher (residual U-Net look-alike, 80^3 tiles, 112 x 240
+#: x 240 cyst: 0.0014 + 0.0009 on the texture probe at margins 16 and 18 in y and x,
+#: 0.0104 where those edges meet).
 EDGE_TOLERANCE = 0.0025
 #: Blending ramp widths tried when margins are measured.
 _OVERLAPS: tuple[int, ...] = (0, 2, 4, 6, 8, 12, 16)
@@ -348,6 +350,18 @@ def probe_texture(shape: Sequence[int], seed: int = 0, spacing: Sequence[float] 
     return image.astype(np.float32)
 
 
+def probe_cyst(shape: Sequence[int], seed: int = 0, spacing: Sequence[float] = (1.0, 0.5, 0.5)) -> np.ndarray:
+    """A synthetic day-10 cyst filling ``shape`` (:func:`cartocell_bmz.phantoms.make_cyst`).
+
+    The second probe of the edge measurement: bright cell walls next to a dark
+    lumen and background, the contrast of real data, which the membrane texture
+    alone does not show.
+    """
+    from cartocell_bmz.phantoms import make_cyst
+
+    return make_cyst(tuple(int(s) for s in shape), tuple(spacing), stage="day10", seed=1000 + seed).raw.astype(np.float32)
+
+
 def envelope(profile: Sequence[float]) -> np.ndarray:
     """Largest value at each distance and beyond (reverse running maximum).
 
@@ -540,12 +554,15 @@ class Predictor:
     Notes
     -----
     How far into a tile its edges change the output depends on the network
-    and its weights, so it is measured once per model and tile size: a
-    membrane-like test image (:func:`probe_texture`) is predicted by a tile and
-    by the same tile shifted by half its size along each axis; where both
-    cover the image, their difference at each distance from an edge is the
-    edge's effect there.  The margin and blending ramp with the largest stride
-    whose blended error stays within ``tolerance`` are kept (and cached).
+    and its weights, so it is measured once per model and tile size: two
+    test images, a membrane texture (:func:`probe_texture`) and a synthetic
+    cyst (:func:`probe_cyst`), are predicted by a tile and by the same tile
+    shifted by a quarter of its size along each axis; where both cover the
+    image, their largest difference at each distance from an edge is the
+    edge's effect there.  Where edges of several axes meet their effects add
+    up, so each measured axis gets an equal share of ``tolerance``; the margin
+    and blending ramp with the largest stride whose blended error stays within
+    that share are kept (and cached).
 
     Examples
     --------
@@ -726,13 +743,19 @@ class Predictor:
         tile = g.tile
         # a shift of a quarter tile lets edge effects be followed up to 3/8 of the tile from an edge
         shifts = tuple(max(a, t // 4 // a * a) if t >= 2 * a else 0 for t, a in zip(tile, g.align))
-        probe = probe_texture(tuple(t + s for t, s in zip(tile, shifts)), seed=0)
-        norm = self.normalize(probe)
+        shape = tuple(t + s for t, s in zip(tile, shifts))
         starts = [(0, 0, 0)] + [tuple(shifts[d] if i == d else 0 for i in range(3)) for d in range(3) if shifts[d]]
-        blocks = np.stack([norm[tuple(slice(s, s + t) for s, t in zip(st, tile))] for st in starts])
-        outs = np.concatenate([self.forward(blocks[i:i + self.batch_size]) for i in range(0, len(blocks), self.batch_size)])
-        frames = [self._frame(o, g) for o in outs]
-        a = frames[0]
+        # two probes: cell walls filling the tile, and a cyst (walls, lumen and dark background)
+        frames_per_probe = []
+        for probe in (probe_texture(shape, seed=0), probe_cyst(shape, seed=0)):
+            norm = self.normalize(probe)
+            blocks = np.stack([norm[tuple(slice(s, s + t) for s, t in zip(st, tile))] for st in starts])
+            outs = np.concatenate([self.forward(blocks[i:i + self.batch_size])
+                                   for i in range(0, len(blocks), self.batch_size)])
+            frames_per_probe.append([self._frame(o, g) for o in outs])
+        # the edges of a tile add up where they meet (a corner): each measured axis gets its share
+        n_axes = max(1, sum(1 for s in shifts if s))
+        tolerance = self.tolerance / n_axes
         profiles: list[tuple[float, ...]] = []
         margins: list[int] = []
         overlaps: list[int] = []
@@ -748,8 +771,6 @@ class Predictor:
                 errors.append(float("nan"))
                 floors.append(0.0)
                 continue
-            b = frames[k]
-            k += 1
             s, t = shifts[d], tile[d]
             lo, hi = g.offset[d], g.offset[d] + g.output[d]
             centre = [slice(tt // 4, tt - tt // 4) for tt in tile]
@@ -762,12 +783,14 @@ class Predictor:
                         continue
                     sl_a, sl_b = list(centre), list(centre)
                     sl_a[d], sl_b[d] = ia, ib
-                    diff = np.abs(a[(slice(None), *sl_a)] - b[(slice(None), *sl_b)])
-                    worst = max(worst, float(diff.max()) if diff.size else 0.0)
+                    for frames in frames_per_probe:
+                        diff = np.abs(frames[0][(slice(None), *sl_a)] - frames[k][(slice(None), *sl_b)])
+                        worst = max(worst, float(diff.max()) if diff.size else 0.0)
                 profile.append(worst)
-            floor = _floor(profile, self.tolerance)
+            k += 1
+            floor = _floor(profile, tolerance)
             edge = [max(0.0, p - floor) for p in profile]
-            m, o, err = choose_margin(edge, t, g.align[d], minimum, self.tolerance)
+            m, o, err = choose_margin(edge, t, g.align[d], minimum, tolerance)
             floors.append(floor)
             profiles.append(tuple(round(p, 6) for p in profile))
             margins.append(m)

@@ -290,10 +290,10 @@ def _test_set(w: World, gt_data=None) -> Path:
     return w.root / "test"
 
 
-def _train(w: World, train: Path, *extra) -> list:
+def _train(w: World, train: Path, *extra, arch: str = "unet") -> list:
     w.raw("val/x")
     w.labels("val/y")
-    return ["train", "--train", train, "--val", w.root / "val", "--arch", "unet", "--out", w.out, "--preset", "tiny",
+    return ["train", "--train", train, "--val", w.root / "val", "--arch", arch, "--out", w.out, "--preset", "tiny",
             "--epochs", "1", "--device", "cpu", *extra]
 
 
@@ -436,6 +436,13 @@ CASES: dict[str, Callable[[World], Case]] = {
         str(w.root / "train" / "x" / "a.tif"), "truncated or damaged", w.out),
     "train-unknown-architecture": lambda w: Case(_train(w, w.root / "val")[:6] + ["nonet", "--out", w.out],
                                                  "'nonet'", "arch must be one of", w.out),
+    "train-arch-kwargs-not-json": lambda w: Case(_train(w, w.root / "val", "--arch-kwargs", "{se_window: 3}"),
+                                                 "--arch-kwargs", "not valid JSON", w.out),
+    "train-arch-kwargs-unknown": lambda w: Case(_train(w, w.root / "val", "--arch-kwargs", '{"se_window": [3, 5, 5]}'),
+                                                "'se_window'", "unknown argument", w.out),
+    "train-arch-kwargs-bad-window": lambda w: Case(
+        _train(w, w.root / "val", "--arch-kwargs", '{"se_window": [3, 4, 5]}', arch="seunet"),
+        "se_window", "three odd sizes", w.out),
     # ---- pseudo-label, pipeline, package, validate, phantoms
     "pseudo-label-missing-model": lambda w: Case(
         ["pseudo-label", "--model", w.root / "norun", "--input", w.raw(), "--out", w.out], "norun",

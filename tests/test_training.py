@@ -335,3 +335,24 @@ def test_train_command(tmp_path, tiny_dataset):
     assert config["train"]["augment"]["enabled"] is False and config["train"]["arch"] == "unet"
     bad = runner.invoke(app, args[:5] + ["--arch", "vgg"] + args[7:])
     assert bad.exit_code == 2 and "arch must be one of" in bad.output and "Traceback" not in bad.output
+
+
+def test_train_command_arch_kwargs_go_over_the_preset(tmp_path, tiny_dataset):
+    """--arch-kwargs sets network arguments over the preset's; the run (and a package from it) keeps them."""
+    from typer.testing import CliRunner
+
+    from cartocell_bmz.cli import app
+    from cartocell_bmz.networks import TINY_SE_WINDOW
+
+    args = ["train", "--train", str(tiny_dataset / "train_M1"), "--val", str(tiny_dataset / "validation"),
+            "--arch", "seunet", "--preset", "tiny", "--epochs", "1", "--patch", "16", "32", "32",
+            "--patches-per-epoch", "2", "--device", "cpu", "--no-augment"]
+    runner = CliRunner()
+    plain = runner.invoke(app, args + ["--out", str(tmp_path / "tiny")])
+    assert plain.exit_code == 0, plain.output
+    assert json.loads((tmp_path / "tiny" / "model.json").read_text())["kwargs"]["se_window"] == TINY_SE_WINDOW
+    result = runner.invoke(app, args + ["--out", str(tmp_path / "global"), "--arch-kwargs",
+                                        '{"se_window": null, "feature_maps": [4, 8]}'])
+    assert result.exit_code == 0, result.output
+    kwargs = json.loads((tmp_path / "global" / "model.json").read_text())["kwargs"]
+    assert kwargs["se_window"] is None and kwargs["feature_maps"] == [4, 8] and kwargs["z_down"] == [1]

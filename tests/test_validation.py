@@ -52,6 +52,20 @@ def test_every_weight_format_passes_offline(package):
     assert all(r.n_tests >= 4 for r in rows[1:])
 
 
+MODEL_PACKAGES = sorted(rdf.parent for rdf in (Path(__file__).resolve().parents[1] / "model_packages").glob("*/rdf.yaml"))
+
+
+@pytest.mark.parametrize("package_dir", MODEL_PACKAGES, ids=[p.name for p in MODEL_PACKAGES])
+def test_every_model_package_passes_both_weight_formats_offline(package_dir):
+    """Issue 6: `validate` passes for every package in model_packages/, both formats, with no network."""
+    assert len(MODEL_PACKAGES) == 6
+    with no_network() as attempts:
+        rows = validate_package(package_dir, devices=["cpu"])
+    assert attempts == []
+    assert [r.check for r in rows] == [DESCRIPTION_ROW, "pytorch_state_dict", "torchscript"]
+    assert all_passed(rows), [str(r) for r in rows]
+
+
 def test_a_wrong_test_output_fails_both_formats_with_its_first_error(wrong_output):
     with no_network():
         rows = validate_package(wrong_output, devices=["cpu"])

@@ -27,6 +27,7 @@ def command(
     rebalance: bool = typer.Option(False, "--rebalance", help="Weight each channel's minority class up in the loss."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Train on plain random crops (no rotation, flips, elastic, brightness)."),
     fresh: bool = typer.Option(False, "--fresh", help="Delete the run in --out and start again instead of continuing it."),
+    arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="Network arguments over the preset's, as JSON: e.g. '{\"se_window\": null}' (global squeeze-and-excitation, as published) or '{\"feature_maps\": [16, 32, 48]}'."),
 ) -> None:
     """Train a network (B, C, M outputs) on raw cysts and their instance labels.
 
@@ -41,6 +42,18 @@ def command(
         extra["schedule"] = "onecycle" if optimizer == "adamw" else "constant"
     if no_augment:
         extra["augment"] = Augmentations(enabled=False)
+    if arch_kwargs is not None:
+        import json
+
+        from cartocell_bmz.errors import ConfigError
+
+        try:
+            parsed = json.loads(arch_kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"--arch-kwargs: not valid JSON ({exc}); give an object such as '{{\"se_window\": null}}'.") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"--arch-kwargs: give a JSON object of network arguments, got {arch_kwargs!r}.")
+        extra["arch_kwargs"] = parsed
     config = TrainConfig.from_preset(
         preset, arch=arch, epochs=epochs, patch_size=tuple(patch) if patch else None, batch_size=batch_size,
         patches_per_epoch=patches_per_epoch, lr=lr, patience=patience, seed=seed, device=device,
