@@ -356,10 +356,19 @@ def probe_cyst(shape: Sequence[int], seed: int = 0, spacing: Sequence[float] = (
     The second probe of the edge measurement: bright cell walls next to a dark
     lumen and background, the contrast of real data, which the membrane texture
     alone does not show.
+
+    Examples
+    --------
+    >>> probe_cyst((4, 16, 24)).shape   # any shape, even below the generator's 8 voxels
+    (4, 16, 24)
     """
     from cartocell_bmz.phantoms import make_cyst
 
-    return make_cyst(tuple(int(s) for s in shape), tuple(spacing), stage="day10", seed=1000 + seed).raw.astype(np.float32)
+    shape = tuple(int(s) for s in shape)
+    big = tuple(max(8, s) for s in shape)  # the phantom generator needs 8 voxels per axis
+    raw = make_cyst(big, tuple(spacing), stage="day10", seed=1000 + seed).raw.astype(np.float32)
+    lo = [(b - s) // 2 for b, s in zip(big, shape)]
+    return np.ascontiguousarray(raw[tuple(slice(o, o + s) for o, s in zip(lo, shape))])
 
 
 def envelope(profile: Sequence[float]) -> np.ndarray:
