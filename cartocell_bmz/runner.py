@@ -315,7 +315,7 @@ class EdgeMargins:
     @property
     def met(self) -> bool:
         """Whether every measured axis meets :data:`EDGE_TOLERANCE`."""
-        return all(not (e > EDGE_TOLERANCE) for e in self.error)  # noqa: the default tolerance
+        return all(not (e > EDGE_TOLERANCE) for e in self.error)
 
 
 def probe_texture(shape: Sequence[int], seed: int = 0, spacing: Sequence[float] = (1.0, 0.5, 0.5),
