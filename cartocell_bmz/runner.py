@@ -314,8 +314,13 @@ class EdgeMargins:
 
     @property
     def met(self) -> bool:
-        """Whether every measured axis meets :data:`EDGE_TOLERANCE`."""
-        return all(not (e > EDGE_TOLERANCE) for e in self.error)
+        """Whether the measured axes' errors, added up where their edges meet, stay within :data:`EDGE_TOLERANCE`."""
+        return not (sum(e for e in self.error if not math.isnan(e)) > EDGE_TOLERANCE)
+
+    @property
+    def worst(self) -> float:
+        """Expected change where the edges of all axes meet: the finite errors and the floors added up."""
+        return sum(e for e in self.error if math.isfinite(e)) + sum(self.floor)
 
 
 def probe_texture(shape: Sequence[int], seed: int = 0, spacing: Sequence[float] = (1.0, 0.5, 0.5),
@@ -463,7 +468,7 @@ def _valid_sizes(descr: Any, extent: Sequence[int]) -> list[list[int]]:
     return out
 
 
-def choose_tile(
+def cheapest_tile(
     extent: Sequence[int],
     sizes: Sequence[Sequence[int]],
     margin: Sequence[int],
@@ -486,7 +491,7 @@ def choose_tile(
 
     Examples
     --------
-    >>> choose_tile((100, 300, 300), [range(8, 101, 4), range(16, 301, 8), range(16, 301, 8)],
+    >>> cheapest_tile((100, 300, 300), [range(8, 101, 4), range(16, 301, 8), range(16, 301, 8)],
     ...             (6, 12, 12), (0, 0, 0), (1, 4, 4), 1 << 20)
     (100, 80, 120)
     """
@@ -675,7 +680,7 @@ class Predictor:
 
         Fixed-size models use their tile; with parameterised sizes the tile is
         the requested one or, by default, the one of at most ``max_tile_voxels``
-        voxels that predicts the fewest voxels in all (:func:`choose_tile`),
+        voxels that predicts the fewest voxels in all (:func:`cheapest_tile`),
         given the measured margins.
         """
         descr = self.model.description
@@ -692,7 +697,7 @@ class Predictor:
                 tile = whole  # one tile holds the volume: nothing to measure
             else:
                 em = self.edge_margins(tile_geometry(descr, None, None))
-                tile = choose_tile(extent, sizes, em.margin, em.overlap, g.align, self.max_tile_voxels)
+                tile = cheapest_tile(extent, sizes, em.margin, em.overlap, g.align, self.max_tile_voxels)
             g = tile_geometry(descr, shape, tile)
         self._geometries[key] = g
         return g
@@ -716,7 +721,7 @@ class Predictor:
             self._margins[g_ref.tile] = found
         margin = tuple(max(b, m) for b, m in zip(base, found.margin))
         overlap = self.overlap_request or found.overlap
-        if g.tile not in self._warned and (not found.met or max(found.floor) > self.tolerance):
+        if g.tile not in self._warned and (not found.met or sum(found.floor) > self.tolerance):
             self._warned.add(g.tile)
             self.geometry_fixed = g.fixed
             self._warn_unmet(found)
@@ -821,9 +826,8 @@ class Predictor:
     def _warn_unmet(self, em: EdgeMargins) -> None:
         import sys
 
-        worst = max((e for e in em.error if np.isfinite(e)), default=0.0) + max(em.floor)
         print(
-            f"warning: model {self.model.name}: its tile edges still change probabilities by up to {worst:.3f} "
+            f"warning: model {self.model.name}: its tile edges still change probabilities by up to {em.worst:.3f} "
             f"with tiles of {' x '.join(map(str, em.tile))}; results may differ that much from a whole-volume "
             "prediction" + ("; a larger --tile helps." if not self.geometry_fixed else "."),
             file=sys.stderr, flush=True,
@@ -1132,8 +1136,8 @@ __all__ = [
     "WEIGHT_FORMATS",
     "blended_edge_error",
     "channel_order",
+    "cheapest_tile",
     "choose_margin",
-    "choose_tile",
     "envelope",
     "predict_probabilities",
     "predict_whole",

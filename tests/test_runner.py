@@ -380,3 +380,19 @@ def test_cpu_networks_run_channels_last_with_the_same_probabilities(packages, cy
     assert np.abs(fast - slow).max() < 1e-5 and fast.std() > 0.01
     # a pipeline of another backend, or of a core that keeps its models elsewhere, is left alone
     assert use_channels_last(object()) == 0
+
+
+def test_edge_errors_add_up_where_the_edges_of_several_axes_meet():
+    from cartocell_bmz.runner import EDGE_TOLERANCE, EdgeMargins
+
+    nan, inf = float("nan"), float("inf")
+
+    def em(error, floor=(0.0, 0.0, 0.0)):
+        return EdgeMargins((8, 8, 8), (1, 1, 1), (0, 0, 0), error, floor=floor)
+
+    share = EDGE_TOLERANCE / 3
+    assert em((share, share, share)).met and em((share, nan, nan)).met  # unmeasured axes count nothing
+    each = 0.6 * EDGE_TOLERANCE
+    assert not em((each, each, nan)).met  # each axis alone would pass; where they meet, not
+    assert not em((inf, 0.0, 0.0)).met
+    assert em((each, each, inf), floor=(0.001, 0.0, 0.002)).worst == pytest.approx(2 * each + 0.003)
