@@ -5,7 +5,7 @@ copy of it: shifted by one voxel, some cells merged, split or deleted, a few
 false positives, non-sequential ids) at IoU 0.3, 0.5 and 0.75, each in its own
 fresh process (same measuring code for all):
 
-* ours: :func:`cartocell_bmz.matching.match` (one overlap count for all thresholds);
+* ours: :func:`cartocell_bmz.core.matching.match` (one overlap count for all thresholds);
 * StarDist: ``stardist.matching.matching(gt, pred, thresh=[...])`` (numba overlap);
 * BiaPy 3.7.1: ``biapy.utils.matching.matching(gt, pred, thresh=[...])``, its
   fastest use (one call with the list of thresholds), run with BiaPy's own
@@ -57,7 +57,7 @@ LABELS = {"ours": "cartocell-bmz", "stardist": "StarDist 0.9 matching", "biapy":
 
 def make_pair(shape=(128, 384, 384), cells=420, seed=0) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic cyst's labels and a perturbed copy (the "prediction")."""
-    from cartocell_bmz.phantoms import make_cyst
+    from cartocell_bmz.core.phantoms import make_cyst
 
     gt = make_cyst(shape, (1.0, 0.5, 0.5), stage="day10", max_cells=cells, seed=seed).labels
     return gt, perturb(gt, np.random.default_rng(seed + 1))
@@ -144,7 +144,7 @@ def _worker(impl: str, data: Path, repeat: int) -> dict:
     pred = np.load(data / "pred.npy")
     if impl == "ours":
         sys.path.insert(0, str(REPO))
-        from cartocell_bmz.matching import match
+        from cartocell_bmz.core.matching import match
 
         def run(gt, pred):
             return [r.as_row() for r in match(gt, pred, THRESHOLDS)]
@@ -281,12 +281,12 @@ class MatchingSuite:
         self.gt, self.pred = make_pair((64, 192, 192), 120, seed=0)
 
     def time_match_three_thresholds(self):
-        from cartocell_bmz.matching import match
+        from cartocell_bmz.core.matching import match
 
         match(self.gt, self.pred, THRESHOLDS)
 
     def peakmem_match_three_thresholds(self):
-        from cartocell_bmz.matching import match
+        from cartocell_bmz.core.matching import match
 
         match(self.gt, self.pred, THRESHOLDS)
 

@@ -11,7 +11,7 @@ ground truth, of ours against BiaPy's, and the share of the lumen each Voronoi f
 
 Synthetic data: a cyst-like shell (ellipsoid, one layer of radial cells from a
 spherical Voronoi of jittered points) of the requested size and cell count, its
-B, C, M targets (:func:`cartocell_bmz.targets.make_targets`), blurred (Gaussian,
+B, C, M targets (:func:`cartocell_bmz.core.targets.make_targets`), blurred (Gaussian,
 ``--blur`` micrometres) with Gaussian noise (``--noise``), clipped to [0, 1].
 
 Usage::
@@ -93,7 +93,7 @@ def synthetic_probabilities(labels, spacing, blur_um: float = 0.5, noise: float 
     """B, C, M targets of ``labels``, blurred (sigma in micrometres), noisy, clipped: float32 (3, Z, Y, X)."""
     from scipy import ndimage as ndi
 
-    from cartocell_bmz.targets import make_targets
+    from cartocell_bmz.core.targets import make_targets
 
     rng = np.random.default_rng(seed)
     targets = make_targets(labels)
@@ -115,7 +115,7 @@ def _run_ours(probs_path: Path, out_dir: Path, spacing, smooth: bool, step: str,
     sys.path.insert(0, str(HERE))
     from biapy_postprocess_driver import measure
 
-    from cartocell_bmz.postprocess import PostprocessConfig, voronoi_on_mask, watershed_by_channels
+    from cartocell_bmz.core.postprocess import PostprocessConfig, voronoi_on_mask, watershed_by_channels
 
     probs = np.load(probs_path)
     config = PostprocessConfig(smooth=smooth)
@@ -148,7 +148,7 @@ def _child(cmd: list[str], env: dict) -> dict:
 
 
 def f1_at(a: np.ndarray, b: np.ndarray, threshold: float = 0.5) -> float:
-    from cartocell_bmz.matching import match
+    from cartocell_bmz.core.matching import match
 
     return float(match(a, b, thresholds=(threshold,))[0].f1)
 

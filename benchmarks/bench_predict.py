@@ -17,7 +17,7 @@ the process's resident size once the model and volume are loaded:
   (80^3 tiles, 16 voxels of reflect padding, the central 48^3 kept), run in
   BiaPy's virtual environment (``benchmarks/biapy_predict_driver.py``);
   fixed 80^3 packages only;
-* ``ours``: :class:`cartocell_bmz.runner.Predictor` with its measured margins
+* ``ours``: :class:`cartocell_bmz.run.predictor.Predictor` with its measured margins
   (measured once beforehand and cached; the one-time cost is printed apart).
 
 The largest probability difference from ``whole`` is taken over voxels at least
@@ -78,7 +78,7 @@ def child(method: str, package: str, volume_path: str, out_path: str, tile: str,
     """Run one method in this (fresh) process; print JSON."""
     import torch
 
-    from cartocell_bmz.runner import Predictor, predict_whole
+    from cartocell_bmz.run.predictor import Predictor, predict_whole
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     tile_t = tuple(int(t) for t in tile.split(",")) if tile else None
@@ -230,7 +230,7 @@ def main() -> None:
         child(m, pkg, vol, out, tile, int(batch), int(max_tiles))
         return
 
-    from cartocell_bmz.phantoms import make_cyst
+    from cartocell_bmz.core.phantoms import make_cyst
     from lookalike import build_lookalike
 
     work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
@@ -289,7 +289,7 @@ def main() -> None:
 def _measure_once(pkg: Path, env: dict, work: Path, shape) -> None:
     """Measure (and cache) the runner's margins for this package before timing it."""
     code = ("import sys, numpy as np, torch; torch.set_num_threads(%d)\n"
-            "from cartocell_bmz.runner import Predictor\n"
+            "from cartocell_bmz.run.predictor import Predictor\n"
             "p = Predictor(sys.argv[1], trust=True, device='cpu'); g = p.geometry(%r); print(p.edge_margins(g))"
             % (int(env.get("BENCH_THREADS", "2")), tuple(shape)))
     proc = subprocess.run([sys.executable, "-c", code, str(pkg)], capture_output=True, text=True, env=env)
@@ -300,9 +300,9 @@ def _measure_once(pkg: Path, env: dict, work: Path, shape) -> None:
 
 def _seed_margins(pkg: Path, cache: Path) -> None:
     """Store margins for the memory run (so it does not measure a random paper-size network)."""
-    from cartocell_bmz.resolve import resolve_model
-    from cartocell_bmz.runner import EDGE_TOLERANCE
-    from cartocell_bmz.volume_io import atomic_open
+    from cartocell_bmz.bmz.resolve import resolve_model
+    from cartocell_bmz.run.predictor import EDGE_TOLERANCE
+    from cartocell_bmz.io.volumes import atomic_open
 
     r = resolve_model(str(pkg), trust=True, cache_dir=cache)
     key = f"{r.rdf_sha256[:24]}-pytorch_state_dict-80x80x80-{EDGE_TOLERANCE:g}.json"

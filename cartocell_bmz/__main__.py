@@ -1,5 +1,5 @@
 """``python -m cartocell_bmz`` runs the command line."""
 
-from cartocell_bmz.cli import main
+from cartocell_bmz.cli.app import main
 
 main()

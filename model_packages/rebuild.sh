@@ -20,7 +20,7 @@ for arch in unet attention_unet seunet resunetpp resunet resunet_se; do
   cartocell-bmz train --train "$RUNS/pseudo_labels" --val "$DATA/validation" --arch "$arch" "${TRAIN[@]}" --out "$RUNS/M2_$arch"
   name="synthetic-${arch//_/-}"
   # synthetic test-set figures of the run (prediction + watershed + Voronoi + evaluation)
-  python -c "from cartocell_bmz.pipeline import evaluate_run; evaluate_run('$RUNS/M2_$arch', '$DATA/test', '$RUNS/eval_$arch', device='cpu')"
+  python -c "from cartocell_bmz.phases.pipeline import evaluate_run; evaluate_run('$RUNS/M2_$arch', '$DATA/test', '$RUNS/eval_$arch', device='cpu')"
   cartocell-bmz package "$RUNS/M2_$arch" --out "model_packages/$name" --format folder \
     --test-figures "$RUNS/eval_$arch/summary.json"
 done

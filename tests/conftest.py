@@ -18,7 +18,7 @@ REFERENCE = SHARED / "reference" / "bmz-cartocell"
 @pytest.fixture(scope="session")
 def small_cyst():
     """One small synthetic cyst (16 x 48 x 48), shared by the session."""
-    from cartocell_bmz.phantoms import make_cyst
+    from cartocell_bmz.core.phantoms import make_cyst
 
     return make_cyst((16, 48, 48), (1.0, 0.5, 0.5), stage="day7", seed=7)
 
@@ -26,7 +26,7 @@ def small_cyst():
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A tiny CartoCell-layout dataset (1-2 volumes of 16 x 48 x 48 per split)."""
-    from cartocell_bmz.phantoms import PhantomConfig, make_dataset
+    from cartocell_bmz.core.phantoms import PhantomConfig, make_dataset
 
     root = tmp_path_factory.mktemp("tiny_dataset")
     cfg = PhantomConfig(seed=3, shape=(16, 48, 48), counts={"train_M1": 2, "validation": 1, "train_M2": 2, "test": 2})

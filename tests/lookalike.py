@@ -71,7 +71,7 @@ def calibrated_network(arch: str, kwargs: dict[str, Any], seed: int = 0, shape=(
     import torch
 
     from cartocell_bmz.networks import build_network
-    from cartocell_bmz.phantoms import make_cyst
+    from cartocell_bmz.core.phantoms import make_cyst
 
     torch.manual_seed(seed)
     net = build_network(arch, **kwargs)

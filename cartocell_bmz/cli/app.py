@@ -1,0 +1,106 @@
+"""The ``cartocell-bmz`` command line: one command per job.
+
+Each command lives in ``cartocell_bmz/commands/<name>.py`` as a thin layer that
+parses options, calls the library and writes files.  Command modules import only
+light modules at import time, so ``cartocell-bmz --help`` never imports torch or
+bioimageio.  Expected failures (:class:`~cartocell_bmz.errors.CartoCellError`)
+become one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+from typing import Callable, Optional
+
+import typer
+
+from cartocell_bmz import __version__
+from cartocell_bmz.errors import CartoCellError
+
+#: Command name -> module in ``cartocell_bmz.cli.commands`` (function ``command``).
+COMMANDS: dict[str, str] = {
+    "phantoms": "phantoms",
+    "postprocess": "postprocess",
+    "evaluate": "evaluate",
+    "train": "train",
+    "pseudo-label": "pseudo_label",
+    "pipeline": "pipeline",
+    "package": "package",
+    "validate": "validate",
+    "predict": "predict",
+    "benchmark": "benchmark",
+    "models": "models",
+}
+
+app = typer.Typer(
+    name="cartocell-bmz",
+    help="CartoCell 3D cyst cell segmentation with BioImage Model Zoo models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print ``message`` as one line on stderr and exit with ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly(func: Callable) -> Callable:
+    """Turn expected failures of a command into one stderr line and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except CartoCellError as exc:
+            fail(" ".join(str(exc).split()), exc.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("interrupted; finished outputs are kept, rerun to continue.", err=True)
+            raise typer.Exit(130)
+        except MemoryError:
+            fail("out of memory; use smaller tiles (--tile) or a smaller batch.", 3)
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cartocell-bmz {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """CartoCell 3D cyst cell segmentation with BioImage Model Zoo models."""
+
+
+def _register() -> None:
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"cartocell_bmz.cli.commands.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"cartocell_bmz.cli.commands.{module}":
+                continue  # command not built yet
+            raise
+        app.command(name, help=mod.command.__doc__)(friendly(mod.command))
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except CartoCellError as exc:  # raised outside a command (e.g. in a callback)
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)

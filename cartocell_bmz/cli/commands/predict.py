@@ -1,0 +1,52 @@
+"""``cartocell-bmz predict``: segment cysts with any CartoCell model of the BioImage Model Zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+
+
+def command(
+    inputs: List[str] = typer.Argument(..., help="TIFF volume(s), folder(s) or glob pattern(s) (quote globs)."),
+    model: str = typer.Option(
+        ..., "--model", "-m",
+        help="A name in model_packages/, a package folder, .zip or rdf.yaml, or a BioImage Model Zoo id "
+             "(e.g. happy-honeybee; downloaded once, then run offline).",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (per_image/, per_image_instances/, "
+                                                       "per_image_post_processing/)."),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", help="Weight format: pytorch_state_dict or torchscript (runs without importing "
+                                "the package's Python code). Default: pytorch_state_dict when present."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
+    tile: Optional[Tuple[int, int, int]] = typer.Option(
+        None, "--tile", help="Tile Z Y X for models with parameterised sizes (fixed-size models use theirs)."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Tiles per forward pass."),
+    spacing: Optional[Tuple[float, float, float]] = typer.Option(
+        None, "--spacing", help="Voxel size Z Y X in micrometres (default: read from each file)."),
+    gt: Optional[Path] = typer.Option(
+        None, "--gt", help="Folder of ground-truth labels (same file names): also write instance_associations/ "
+                           "and the metrics."),
+    float16: bool = typer.Option(False, "--float16", help="Store probabilities as float16 (half the disk space)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute finished outputs too."),
+    trust: bool = typer.Option(
+        False, "--trust", help="Do not show the notice about the code a package from outside model_packages/ runs."),
+) -> None:
+    """Segment 3D cysts: tiled B, C, M prediction with a BMZ model, watershed, then Voronoi.
+
+    Writes the BiaPy-style tree OUT/per_image/ (probabilities, channels B, C, M),
+    OUT/per_image_instances/ (cells after the watershed) and
+    OUT/per_image_post_processing/ (cells after the Voronoi), named like the
+    inputs, with their voxel size. Volumes already finished in OUT are skipped
+    unless --overwrite, so an interrupted run continues where it stopped.
+    """
+    from cartocell_bmz.run.batch import predict_folder
+
+    summary = predict_folder(
+        model, inputs, out, gt=gt, spacing=tuple(spacing) if spacing else None, float16=float16,
+        overwrite=overwrite, weights=weights, tile=tuple(tile) if tile else None, batch_size=batch_size,
+        device=device, trust=trust, show_progress=True,
+    )
+    typer.echo(str(summary))

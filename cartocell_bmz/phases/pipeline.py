@@ -1,0 +1,378 @@
+"""CartoCell's training strategy end to end: M1 -> pseudo-labels -> M2 -> test.
+
+On a CartoCell-layout folder (``train_M1``, ``validation``, ``train_M2``,
+``test``, each with ``x/`` and ``y/``), :func:`run_pipeline` runs phases 2 to 5
+of the paper::
+
+    phase 2  train M1 on train_M1 (validation: validation)       -> OUT/M1/
+    phase 3  pseudo-label train_M2/x with M1 (watershed+Voronoi) -> OUT/pseudo_labels/{x,y}/
+    phase 4  train M2 on the pseudo-labels (validation: same)    -> OUT/M2/ (or OUT/M2_<arch>/)
+    phase 5  predict, post-process and evaluate M1 and M2 on test -> OUT/eval_M1/, OUT/eval_M2/
+             and compare them                                   -> OUT/comparison.{json,md}
+
+``train_M2/y`` is never read: M2 learns from M1's pseudo-labels only.  With
+several M2 architectures (``arch_m2=["unet", "resunet", ...]``) each M2 gets
+its own folder ``OUT/M2_<arch>`` and evaluation ``OUT/eval_M2_<arch>``, all
+from the same M1 and pseudo-labels.
+
+Every phase is skipped when its outputs are complete and were made from the
+current upstream results (the sha256 of the upstream weights is recorded), and
+continues where it stopped otherwise, so an interrupted pipeline is resumed by
+running the same command again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from cartocell_bmz.errors import ConfigError, InputError
+from cartocell_bmz.layout import (
+    CHANNELS, INSTANCES_DIR, LABEL_DIR, PROBS_DIR, RAW_DIR, SUMMARY_JSON, VORONOI_DIR,
+)
+
+PIPELINE_JSON = "pipeline.json"
+COMPARISON_JSON = "comparison.json"
+COMPARISON_MD = "comparison.md"
+#: Columns of the comparison: (key, title); matching figures at IoU 0.5 and 0.75, channel IoUs.
+COMPARISON_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("f1@0.5", "F1@0.5"), ("pq@0.5", "PQ@0.5"), ("mts@0.5", "MTS@0.5"),
+    ("f1@0.75", "F1@0.75"), ("pq@0.75", "PQ@0.75"), ("mts@0.75", "MTS@0.75"),
+    ("iou_B", "IoU B"), ("iou_C", "IoU C"), ("iou_M", "IoU M"),
+)
+_FIGURE_KEYS = {"f1": "f1", "pq": "panoptic_quality", "mts": "mean_true_score"}
+
+
+@dataclass
+class PipelineResult:
+    """Outcome of :func:`run_pipeline`.
+
+    Attributes
+    ----------
+    out : pathlib.Path
+    runs : dict
+        Model name (``"M1"``, ``"M2"`` or ``"M2_<arch>"``) -> :class:`~cartocell_bmz.train.loop.RunSummary`.
+    pseudo_labels : PseudoLabelSummary
+    comparison : dict
+        Model name -> figures (see :data:`COMPARISON_COLUMNS`) plus training facts.
+    seconds : float
+        Time of this call.
+    """
+
+    out: Path
+    runs: dict[str, Any]
+    pseudo_labels: Any
+    comparison: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return comparison_markdown(self.comparison) + f"\n\n{self.out}: pipeline done in {self.seconds:.0f} s"
+
+
+def check_layout(data_root: str | os.PathLike) -> Path:
+    """Check that ``data_root`` has the folders the pipeline reads.
+
+    Raises
+    ------
+    InputError
+        Naming the first missing folder.
+    """
+    root = Path(data_root)
+    if not root.is_dir():
+        raise InputError(f"{root}: dataset folder not found.")
+    needed = [
+        ("train_M1", RAW_DIR), ("train_M1", LABEL_DIR), ("validation", RAW_DIR), ("validation", LABEL_DIR),
+        ("train_M2", RAW_DIR), ("test", RAW_DIR), ("test", LABEL_DIR),
+    ]
+    for split, sub in needed:
+        if not (root / split / sub).is_dir():
+            raise InputError(
+                f"{root / split / sub}: folder missing; the pipeline needs the CartoCell layout "
+                "train_M1/{x,y}, validation/{x,y}, train_M2/x, test/{x,y}."
+            )
+    return root
+
+
+def m2_names(arch_m2: str | Sequence[str]) -> dict[str, str]:
+    """Folder name of each M2: ``{"M2": arch}`` for one architecture, ``{"M2_<arch>": arch}`` for several.
+
+    Examples
+    --------
+    >>> m2_names("unet")
+    {'M2': 'unet'}
+    >>> m2_names(["unet", "resunet"])
+    {'M2_unet': 'unet', 'M2_resunet': 'resunet'}
+    """
+    archs = [arch_m2] if isinstance(arch_m2, str) else list(dict.fromkeys(arch_m2))
+    if not archs:
+        raise ConfigError("arch_m2 needs at least one architecture.")
+    if len(archs) == 1:
+        return {"M2": archs[0]}
+    return {f"M2_{a}": a for a in archs}
+
+
+def run_pipeline(
+    data_root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    preset: str = "tiny",
+    arch_m1: str = "resunet",
+    arch_m2: str | Sequence[str] = "resunet",
+    seed: int = 0,
+    device: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+    postprocess_config: Any = None,
+    show_progress: bool = True,
+) -> PipelineResult:
+    """Run CartoCell's phases 2-5 on a dataset, resuming whatever is already done.
+
+    Parameters
+    ----------
+    data_root : path-like
+        CartoCell-layout dataset (see :func:`check_layout`).
+    out : path-like
+        Output folder (created).
+    preset : {"tiny", "paper"}
+        Training preset of M1 and M2 (:data:`cartocell_bmz.train.loop.TRAIN_PRESETS`).
+    arch_m1 : str
+        Architecture of M1.
+    arch_m2 : str or sequence of str
+        Architecture(s) of M2; several give one M2 each (``OUT/M2_<arch>``).
+    seed : int
+        Seed of both trainings.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+    overrides : mapping, optional
+        :class:`~cartocell_bmz.train.loop.TrainConfig` fields that replace the
+        preset's for both M1 and M2 (``{"epochs": 5}``).
+    postprocess_config : PostprocessConfig, optional
+        Watershed and Voronoi settings for pseudo-labels and evaluation.
+    show_progress : bool
+        Print the phases and show progress bars.
+
+    Returns
+    -------
+    PipelineResult
+    """
+    from cartocell_bmz.phases.pseudo_label import model_fingerprint, pseudo_label
+    from cartocell_bmz.train.loop import TrainConfig, train
+    from cartocell_bmz.io.volumes import ensure_output_dir
+
+    t0 = time.perf_counter()
+    root = check_layout(data_root)
+    out = ensure_output_dir(out)
+    names = m2_names(arch_m2)
+    overrides = dict(overrides or {})
+    for bad in ("arch", "preset"):
+        if bad in overrides:
+            raise ConfigError(f"overrides cannot set {bad!r}; use the preset and arch arguments.")
+    cfg_m1 = TrainConfig.from_preset(preset, arch=arch_m1, seed=seed, device=device, **overrides)
+    cfg_m2 = {name: TrainConfig.from_preset(preset, arch=a, seed=seed, device=device, **overrides) for name, a in names.items()}
+    say = print if show_progress else (lambda *a, **k: None)
+    state = _read_json(out / PIPELINE_JSON)
+    timings: dict[str, float] = {}
+
+    def record(**changes: Any) -> None:
+        state.update(changes)
+        _write_json(out / PIPELINE_JSON, state)
+
+    record(data_root=str(root.resolve()), preset=preset, arch_m1=arch_m1, arch_m2=list(names.values()), seed=seed)
+
+    # ---- phase 2: M1
+    say(f"phase 2/5: training M1 ({arch_m1}, preset {preset}) on {root / 'train_M1'} -> {out / 'M1'}")
+    t = time.perf_counter()
+    runs = {"M1": train(cfg_m1, root / "train_M1", root / "validation", out / "M1", show_progress=show_progress)}
+    timings["M1"] = time.perf_counter() - t
+    sha_m1 = model_fingerprint(out / "M1")
+
+    # ---- phase 3: pseudo-labels
+    pl_dir = out / "pseudo_labels"
+    pl_status = _read_json(pl_dir / "status.json")
+    stale = pl_status.get("model_sha256") not in (None, sha_m1)
+    say(f"phase 3/5: pseudo-labelling {root / 'train_M2' / RAW_DIR} with M1 -> {pl_dir}" + (" (M1 changed: redoing)" if stale else ""))
+    t = time.perf_counter()
+    pseudo = pseudo_label(
+        out / "M1", root / "train_M2" / RAW_DIR, pl_dir, config=postprocess_config, device=device,
+        fresh=stale, show_progress=show_progress,
+    )
+    timings["pseudo_labels"] = time.perf_counter() - t
+    say(f"  {pseudo}")
+
+    # ---- phase 4: M2
+    made_from = dict(state.get("m2_trained_on", {}))
+    for name, cfg in cfg_m2.items():
+        fresh = made_from.get(name) not in (None, sha_m1)
+        made_from[name] = sha_m1
+        record(m2_trained_on=made_from)
+        say(f"phase 4/5: training {name} ({cfg.arch}) on the pseudo-labels -> {out / name}" + (" (pseudo-labels changed: retraining)" if fresh else ""))
+        t = time.perf_counter()
+        runs[name] = train(cfg, pl_dir, root / "validation", out / name, resume=not fresh, show_progress=show_progress)
+        timings[name] = time.perf_counter() - t
+
+    # ---- phase 5: evaluation on test
+    summaries = {}
+    for name in runs:
+        say(f"phase 5/5: predicting and evaluating {name} on {root / 'test'} -> {out / ('eval_' + name)}")
+        t = time.perf_counter()
+        summaries[name] = evaluate_run(
+            out / name, root / "test", out / f"eval_{name}", postprocess_config=postprocess_config,
+            device=device, show_progress=show_progress,
+        )
+        timings[f"eval_{name}"] = time.perf_counter() - t
+
+    comparison = compare(summaries, runs)
+    _write_json(out / COMPARISON_JSON, comparison)
+    from cartocell_bmz.io.volumes import atomic_open
+
+    with atomic_open(out / COMPARISON_MD) as fh:
+        fh.write(comparison_markdown(comparison) + "\n")
+    seconds = time.perf_counter() - t0
+    record(finished=True, last_call_seconds=round(seconds, 1), last_call_phase_seconds={k: round(v, 1) for k, v in timings.items()})
+    result = PipelineResult(out=out, runs=runs, pseudo_labels=pseudo, comparison=comparison, seconds=seconds)
+    say(str(result))
+    return result
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    test_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    postprocess_config: Any = None,
+    device: str = "auto",
+    show_progress: bool = False,
+) -> dict:
+    """Predict, post-process and evaluate a training run on a test split.
+
+    Writes the BiaPy output tree in ``out_dir`` (``per_image/``,
+    ``per_image_instances/``, ``per_image_post_processing/``) and the
+    evaluation of the Voronoi cells (:func:`cartocell_bmz.run.evaluate.evaluate_folder`).
+    Volumes already predicted by the same weights are kept; a finished
+    evaluation of the same weights on the same test volumes is returned at once.
+
+    Returns
+    -------
+    dict
+        The evaluation summary (``summary.json``).
+    """
+    import numpy as np
+
+    from cartocell_bmz.run.evaluate import evaluate_folder
+    from cartocell_bmz.phases.pseudo_label import _label_dtype, _predictor_for, model_fingerprint, segment_volume
+    from cartocell_bmz.io.volumes import ensure_output_dir, list_volumes, read_volume, write_volume
+
+    run_dir, test_dir = Path(run_dir), Path(test_dir)
+    out = ensure_output_dir(out_dir)
+    sha = model_fingerprint(run_dir)
+    raws = list_volumes(test_dir / RAW_DIR, what="raw test volumes")
+    names = sorted(p.name for p in raws)
+    status = _read_json(out / "status.json")
+    if status.get("model_sha256") not in (None, sha):
+        for sub in (PROBS_DIR, INSTANCES_DIR, VORONOI_DIR):
+            if (out / sub).is_dir():
+                shutil.rmtree(out / sub)
+        status = {}
+    if status.get("finished") and status.get("volumes") == names and (out / SUMMARY_JSON).is_file():
+        return _read_json(out / SUMMARY_JSON)
+    _write_json(out / "status.json", {"finished": False, "model": str(run_dir), "model_sha256": sha})
+    for sub in (PROBS_DIR, INSTANCES_DIR, VORONOI_DIR):  # predictions of volumes no longer in the test set
+        if (out / sub).is_dir():
+            for stale in (out / sub).iterdir():
+                if stale.is_file() and stale.name not in names and not stale.name.startswith("."):
+                    stale.unlink()
+    predictor = None
+    for raw in raws:
+        outputs = [out / sub / raw.name for sub in (PROBS_DIR, INSTANCES_DIR, VORONOI_DIR)]
+        if all(p.is_file() for p in outputs):
+            continue
+        if predictor is None:
+            predictor = _predictor_for(run_dir, device=device)
+        vol = read_volume(raw, "image")
+        probs, instances, voronoi = segment_volume(predictor, vol.data, vol.spacing, postprocess_config)
+        write_volume(outputs[0], probs.astype(np.float32), vol.spacing)
+        write_volume(outputs[1], _label_dtype(instances), vol.spacing, compress=True)
+        write_volume(outputs[2], _label_dtype(voronoi), vol.spacing, compress=True)
+    info = _read_json(run_dir / "model.json")
+    summary = evaluate_folder(
+        out / VORONOI_DIR, test_dir / LABEL_DIR, out, probs_dir=out / PROBS_DIR,
+        mode=info.get("target_mode", "cartocell"), show_progress=show_progress,
+    )
+    _write_json(out / "status.json", {"finished": True, "model": str(run_dir), "model_sha256": sha, "volumes": names})
+    return summary
+
+
+def compare(summaries: Mapping[str, Mapping[str, Any]], runs: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Comparison rows (one per model) from evaluation summaries.
+
+    Examples
+    --------
+    >>> s = {"dataset": {"0.5": {"f1": 0.9, "panoptic_quality": 0.7, "mean_true_score": 0.75},
+    ...                  "0.75": {"f1": 0.5, "panoptic_quality": 0.4, "mean_true_score": 0.45}},
+    ...      "channel_iou": {"B": 0.8, "C": 0.5, "M": 0.9}}
+    >>> compare({"M1": s})["M1"]["f1@0.5"], compare({"M1": s})["M1"]["iou_C"]
+    (0.9, 0.5)
+    """
+    table: dict[str, dict[str, Any]] = {}
+    for name, summary in summaries.items():
+        row: dict[str, Any] = {}
+        dataset = summary.get("dataset", {})
+        for thr in ("0.5", "0.75"):
+            figs = dataset.get(thr) or {}
+            for short, key in _FIGURE_KEYS.items():
+                row[f"{short}@{thr}"] = _num(figs.get(key))
+        ious = summary.get("channel_iou") or {}
+        for c in CHANNELS:
+            row[f"iou_{c}"] = _num(ious.get(c))
+        if runs is not None and name in runs:
+            r = runs[name]
+            row.update(arch=_read_json(Path(r.run_dir) / "model.json").get("arch"), epochs=r.epochs,
+                       best_epoch=r.best_epoch, train_seconds=round(r.seconds, 1))
+        table[name] = row
+    return table
+
+
+def comparison_markdown(comparison: Mapping[str, Mapping[str, Any]]) -> str:
+    """The comparison as a markdown table (one row per model).
+
+    Examples
+    --------
+    >>> print(comparison_markdown({"M1": {"f1@0.5": 0.9, "arch": "unet"}}).splitlines()[2])
+    | M1 | unet | 0.900 | – | – | – | – | – | – | – | – |
+    """
+    head = ["model", "arch"] + [title for _, title in COMPARISON_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in comparison.items():
+        cells = [name, str(row.get("arch") or "–")]
+        for key, _ in COMPARISON_COLUMNS:
+            v = row.get(key)
+            cells.append("–" if v is None else f"{v:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _num(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from cartocell_bmz.io.volumes import atomic_open
+
+    with atomic_open(path) as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")

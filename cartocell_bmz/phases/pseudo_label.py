@@ -1,0 +1,348 @@
+"""Pseudo-labels: segment unlabelled cysts with a trained model into a new training set.
+
+CartoCell's phase 3: model M1 predicts B, C, M on every raw volume of
+``train_M2/x``; the marker-controlled watershed and the mask-bounded Voronoi
+(:func:`cartocell_bmz.core.postprocess.postprocess`) turn the probabilities into
+touching cells; the Voronoi labels become the ``y`` of a training set::
+
+    OUT/x/NAME.tif        the raw volume (hard link, or a copy across file systems)
+    OUT/y/NAME.tif        its pseudo-labels (uint16, the raw's voxel size)
+    OUT/pseudo_labels.csv one row per volume: cells, seconds
+    OUT/status.json       {"finished": ..., "model": ..., "model_sha256": ...}
+
+Volumes whose ``x`` and ``y`` are both present are skipped, so an interrupted
+run continues where it stopped; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from cartocell_bmz.errors import ConfigError, InputError, ModelError
+from cartocell_bmz.layout import LABEL_DIR, RAW_DIR
+
+#: A predictor maps a raw ``(Z, Y, X)`` volume to ``float32 (3, Z, Y, X)`` probabilities B, C, M.
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+STATUS_JSON = "status.json"
+TABLE_CSV = "pseudo_labels.csv"
+
+
+@dataclass
+class PseudoLabelSummary:
+    """Outcome of :func:`pseudo_label`.
+
+    Attributes
+    ----------
+    out_dir : pathlib.Path
+    n_volumes : int
+        Volumes in the input folder.
+    n_new : int
+        Volumes labelled by this call (the others were already done).
+    cells : dict
+        Volume name -> number of cells in its pseudo-labels.
+    seconds : float
+        Time of this call.
+    """
+
+    out_dir: Path
+    n_volumes: int
+    n_new: int
+    cells: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        counts = list(self.cells.values())
+        spread = f"{min(counts)}-{max(counts)} cells per volume" if counts else "no volumes"
+        return (
+            f"{self.out_dir}: pseudo-labels for {self.n_volumes} volumes ({self.n_new} new, {spread}); "
+            f"{self.seconds:.0f} s"
+        )
+
+
+# --------------------------------------------------------------------------- predictors
+
+
+def is_training_run(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a training run folder (holds ``model.json``)."""
+    return (Path(path) / "model.json").is_file()
+
+
+def model_fingerprint(model: str | os.PathLike) -> str:
+    """sha256 identifying the weights of a model (a run's ``best.pt``, or a package's file / rdf)."""
+    path = Path(model)
+    if is_training_run(path):
+        target = path / "checkpoints" / "best.pt"
+    elif path.is_dir() and (path / "rdf.yaml").is_file():
+        target = path / "rdf.yaml"
+    elif path.is_file():
+        target = path
+    else:
+        return hashlib.sha256(str(model).encode()).hexdigest()
+    if not target.is_file():
+        raise ModelError(f"{target}: not found; has the training run finished an epoch?")
+    digest = hashlib.sha256()
+    with open(target, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _predictor_for(model: str | os.PathLike, *, device: str = "auto") -> Predictor:
+    """A function raw volume -> probabilities for ``model``.
+
+    The one place that knows how a ``--model`` value becomes a prediction:
+    a training run folder is predicted with the plain tiled forward pass of
+    :mod:`cartocell_bmz.run.inference`; anything else (a BMZ package folder, zip,
+    ``rdf.yaml``, a name in ``model_packages/`` or a BMZ id) goes through the
+    BMZ runner (:class:`cartocell_bmz.run.predictor.Predictor`), which raises
+    :class:`~cartocell_bmz.errors.ModelError` for what it cannot resolve.
+    """
+    if is_training_run(model):
+        from cartocell_bmz.run.inference import load_run, predict_loaded
+
+        run = load_run(model, device=device)
+        return lambda volume: predict_loaded(run, volume)
+    from cartocell_bmz.run.predictor import Predictor as BMZPredictor
+
+    return BMZPredictor(model, device=device).predict
+
+
+def segment_volume(
+    predictor: Predictor, image: np.ndarray, spacing: Sequence[float], config: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities, watershed instances and Voronoi cells of one raw volume.
+
+    Parameters
+    ----------
+    predictor : callable
+        Raw ``(Z, Y, X)`` volume -> ``(3, Z, Y, X)`` probabilities.
+    image : numpy.ndarray
+        Raw volume.
+    spacing : sequence of 3 floats
+        Voxel size ``(z, y, x)`` in micrometres.
+    config : PostprocessConfig, optional
+        Post-processing settings (default :class:`~cartocell_bmz.core.postprocess.PostprocessConfig`).
+
+    Returns
+    -------
+    probs, instances, voronoi : numpy.ndarray
+    """
+    from cartocell_bmz.core.postprocess import PostprocessConfig, postprocess
+
+    probs = np.asarray(predictor(image), np.float32)
+    if probs.shape != (3,) + tuple(image.shape):
+        raise ModelError(f"the model returned shape {probs.shape} for a volume of shape {image.shape}; expected (3, Z, Y, X).")
+    instances, voronoi = postprocess(probs, tuple(spacing), config or PostprocessConfig())
+    return probs, instances, voronoi
+
+
+def _label_dtype(labels: np.ndarray) -> np.ndarray:
+    top = int(labels.max()) if labels.size else 0
+    return labels.astype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32, copy=False)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Put ``src`` at ``dst`` atomically: a hard link when possible, else a copy."""
+    from cartocell_bmz.io.volumes import atomic_path
+
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
+def _raw_folder(input_dir: Path) -> Path:
+    """``input_dir`` itself, or its ``x/`` when it is a dataset split without TIFFs of its own."""
+    from cartocell_bmz.layout import TIFF_SUFFIXES
+
+    if input_dir.is_dir() and (input_dir / RAW_DIR).is_dir():
+        if not any(p.suffix.lower() in TIFF_SUFFIXES for p in input_dir.iterdir()):
+            return input_dir / RAW_DIR
+    return input_dir
+
+
+# --------------------------------------------------------------------------- main
+
+
+def pseudo_label(
+    model: str | os.PathLike,
+    input_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    spacing: Sequence[float] | None = None,
+    config: Any = None,
+    device: str = "auto",
+    fresh: bool = False,
+    show_progress: bool = True,
+    predictor: Predictor | None = None,
+) -> PseudoLabelSummary:
+    """Segment every raw volume of a folder and write them as a training set.
+
+    Parameters
+    ----------
+    model : path-like or str
+        A training run folder, or a BMZ package (through the runner).
+    input_dir : path-like
+        Folder of raw volumes (``train_M2/x``; ``train_M2`` works too).
+    out_dir : path-like
+        Output training set: ``OUT/x/``, ``OUT/y/``.
+    spacing : sequence of 3 floats, optional
+        Voxel size ``(z, y, x)`` in micrometres for every volume; default each
+        file's own.
+    config : PostprocessConfig, optional
+        Watershed and Voronoi settings.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+    fresh : bool
+        Redo every volume; otherwise finished volumes are kept.  Without
+        ``fresh``, an output folder labelled by another model is an error.
+    show_progress : bool
+        Show a progress bar.
+    predictor : callable, optional
+        Use this raw -> probabilities function instead of loading ``model``
+        (``model`` then only names it in ``status.json``).
+
+    Returns
+    -------
+    PseudoLabelSummary
+
+    Raises
+    ------
+    ModelError
+        The model cannot be loaded.
+    ConfigError
+        ``OUT`` holds pseudo-labels of another model (use ``fresh``).
+    InputError
+        The input folder is missing, empty or holds unreadable volumes.
+    """
+    from cartocell_bmz.io.volumes import atomic_open, ensure_output_dir, list_volumes, read_volume, write_volume
+
+    t0 = time.perf_counter()
+    if spacing is not None:
+        spacing = tuple(float(s) for s in spacing)
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise ConfigError(f"spacing needs three positive sizes Z Y X, got {list(spacing)}.")
+    raws = list_volumes(_raw_folder(Path(input_dir)), what="raw volumes")
+    names = [p.name for p in raws]
+    if len(set(names)) != len(names):
+        raise InputError(f"{input_dir}: two raw volumes share a name.")
+    out = ensure_output_dir(out_dir)
+    x_dir, y_dir = out / RAW_DIR, out / LABEL_DIR
+    fingerprint = model_fingerprint(model) if predictor is None else str(model)
+    status_path = out / STATUS_JSON
+    status = _read_json(status_path)
+    if status and not fresh and status.get("model_sha256") not in (None, fingerprint):
+        raise ConfigError(
+            f"{out} holds pseudo-labels made by another model ({status.get('model')}); "
+            "choose another output folder or start afresh (--fresh)."
+        )
+    table = _read_table(out / TABLE_CSV)
+    if fresh:
+        for sub in (x_dir, y_dir):
+            if sub.is_dir():
+                shutil.rmtree(sub)
+        table = {}
+        status_path.unlink(missing_ok=True)
+
+    def write_status(finished: bool) -> None:
+        with atomic_open(status_path) as fh:
+            json.dump({
+                "finished": finished, "model": str(model), "model_sha256": fingerprint,
+                "input": str(Path(input_dir).resolve()), "n_volumes": len(raws), "n_done": len(table),
+                "postprocess": _config_dict(config),
+            }, fh, indent=2)
+            fh.write("\n")
+
+    todo = [p for p in raws if not ((x_dir / p.name).is_file() and (y_dir / p.name).is_file() and p.name in table)]
+    if todo:
+        write_status(False)
+        run_predictor = predictor or _predictor_for(model, device=device)
+    bar = _Bar(len(todo), show_progress)
+    try:
+        for raw_path in todo:
+            t1 = time.perf_counter()
+            vol = read_volume(raw_path, "image")
+            sp = spacing or vol.spacing
+            _, _, voronoi = segment_volume(run_predictor, vol.data, sp, config)
+            voronoi = _label_dtype(voronoi)
+            write_volume(y_dir / raw_path.name, voronoi, sp, compress=True)
+            _link_or_copy(raw_path, x_dir / raw_path.name)
+            n_cells = int(len(np.unique(voronoi)) - (1 if (voronoi == 0).any() else 0))
+            table[raw_path.name] = {"volume": raw_path.name, "cells": n_cells, "seconds": round(time.perf_counter() - t1, 2)}
+            _write_table(out / TABLE_CSV, table)
+            bar.advance(f"{raw_path.name}: {n_cells} cells")
+    finally:
+        bar.stop()
+    write_status(True)
+    summary = PseudoLabelSummary(
+        out_dir=out, n_volumes=len(raws), n_new=len(todo),
+        cells={n: int(table[n]["cells"]) for n in names if n in table}, seconds=time.perf_counter() - t0,
+    )
+    return summary
+
+
+def _config_dict(config: Any) -> Any:
+    import dataclasses
+
+    if config is None:
+        return None
+    if dataclasses.is_dataclass(config):
+        return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    return str(config)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_table(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        return {row["volume"]: row for row in csv.DictReader(fh)}
+
+
+def _write_table(path: Path, table: dict[str, dict]) -> None:
+    from cartocell_bmz.io.volumes import atomic_open
+
+    with atomic_open(path, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["volume", "cells", "seconds"])
+        writer.writeheader()
+        for name in sorted(table):
+            writer.writerow({k: table[name][k] for k in ("volume", "cells", "seconds")})
+
+
+class _Bar:
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled and total:
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("pseudo-labels", total=total)
+
+    def advance(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, description=message)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -1,0 +1,425 @@
+"""Predict a batch of volumes: probabilities, watershed cells and Voronoi cells in a BiaPy-style tree.
+
+For each input volume ``NAME.tif``::
+
+    OUT/per_image/NAME.tif                   (3, Z, Y, X) probabilities B, C, M (float32 or float16)
+    OUT/per_image_instances/NAME.tif         cells after the watershed
+    OUT/per_image_post_processing/NAME.tif   cells after the Voronoi (the result)
+
+With ground truth (``gt=``) :func:`cartocell_bmz.run.evaluate.evaluate_folder` adds
+``OUT/instance_associations/``, ``OUT/metrics_per_image.csv`` and ``OUT/summary.json``;
+the run itself is described in ``OUT/predict_summary.json``.
+
+Every file is written atomically, probabilities first and Voronoi cells last,
+so a volume whose three files exist is finished: a rerun skips it (unless
+``overwrite``), and a volume whose probabilities exist but not its cells is
+only post-processed.  :func:`predict_one` does one volume (what a Dask worker
+of the benchmark calls); :func:`predict_folder` does a batch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from cartocell_bmz.errors import InputError
+from cartocell_bmz.layout import INSTANCES_DIR, PROBS_DIR, VORONOI_DIR
+
+#: Summary of a predict run, beside the outputs.
+PREDICT_SUMMARY_JSON = "predict_summary.json"
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What happened to one volume.
+
+    Attributes
+    ----------
+    name : str
+        File name of the volume (and of its outputs).
+    status : str
+        ``"predicted"``, ``"postprocessed"`` (probabilities reused) or ``"skipped"`` (finished before).
+    cells : int
+        Cells after the Voronoi.
+    seconds : float
+        Time spent on it.
+    spacing : tuple of float
+        Voxel size used ``(z, y, x)``.
+    spacing_known : bool
+        Whether the spacing came from ``--spacing`` or the file (else 1, 1, 1).
+    """
+
+    name: str
+    status: str
+    cells: int
+    seconds: float
+    spacing: tuple[float, float, float]
+    spacing_known: bool = True
+
+
+@dataclass
+class PredictSummary:
+    """Summary of :func:`predict_folder`.
+
+    Attributes
+    ----------
+    model : str
+        Model name.
+    out : str
+        Output folder.
+    images : list of ImageResult
+        One per input volume.
+    seconds : float
+        Wall time of the run.
+    metrics : dict or None
+        ``evaluate_folder``'s summary when ground truth was given.
+    failed : list of str
+        One message per input volume that could not be used (unreadable, wrong shape, NaN...).
+    """
+
+    model: str
+    out: str
+    images: list[ImageResult] = field(default_factory=list)
+    seconds: float = 0.0
+    metrics: dict | None = None
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def n_computed(self) -> int:
+        return sum(r.status != "skipped" for r in self.images)
+
+    @property
+    def n_cells(self) -> int:
+        return sum(r.cells for r in self.images)
+
+    def as_dict(self) -> dict:
+        """Plain JSON-ready dictionary."""
+        return {
+            "model": self.model, "out": self.out, "n_images": self.n_images, "n_computed": self.n_computed,
+            "n_skipped": self.n_images - self.n_computed, "n_cells": self.n_cells, "seconds": round(self.seconds, 3),
+            "images": [asdict(r) for r in self.images], "metrics": self.metrics, "failed": self.failed,
+        }
+
+    def __str__(self) -> str:
+        skipped = self.n_images - self.n_computed
+        text = (f"{self.n_images} image(s) ({self.n_computed} computed, {skipped} already done), "
+                f"{self.n_cells} cells found, {self.seconds:.1f} s; results in {self.out}")
+        if self.metrics:
+            dataset = self.metrics.get("dataset", {})
+            key = next((k for k in dataset if str(k).startswith("0.5")), None)
+            if key is not None:
+                fig = dataset[key]
+                parts = [f"{m} {fig[m]:.3f}" for m in ("f1", "panoptic_quality") if m in fig]
+                if parts:
+                    text += f"; at IoU 0.5: {', '.join(parts)}"
+        return text
+
+
+def output_paths(out: str | os.PathLike, name: str) -> dict[str, Path]:
+    """The three output files of volume ``name`` in ``out``.
+
+    Examples
+    --------
+    >>> sorted(output_paths("OUT", "a.tif"))
+    ['instances', 'probabilities', 'voronoi']
+    """
+    out = Path(out)
+    return {"probabilities": out / PROBS_DIR / name, "instances": out / INSTANCES_DIR / name,
+            "voronoi": out / VORONOI_DIR / name}
+
+
+def is_finished(out: str | os.PathLike, name: str) -> bool:
+    """Whether all three outputs of ``name`` exist."""
+    return all(p.is_file() for p in output_paths(out, name).values())
+
+
+# one loaded model per process, reused by consecutive calls (Dask workers, folders)
+_LOADED: dict[tuple, Any] = {}
+
+
+def _predictor(model: Any, *, weights, tile, batch_size, device, trust):
+    from cartocell_bmz.bmz.resolve import resolve_model
+    from cartocell_bmz.run.predictor import Predictor
+
+    if isinstance(model, Predictor):
+        return model
+    resolved = resolve_model(model, trust=trust)
+    key = (str(resolved.rdf_path), resolved.rdf_sha256, weights, tuple(tile) if tile else None, batch_size, device)
+    if key not in _LOADED:
+        for old in list(_LOADED.values()):
+            old.close()
+        _LOADED.clear()
+        _LOADED[key] = Predictor(resolved, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=True)
+    return _LOADED[key]
+
+
+def _spacing(spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
+    if spacing is None:
+        return None
+    from cartocell_bmz.run.segment import _check_spacing
+
+    return _check_spacing(spacing)
+
+
+def _count_cells(labels: np.ndarray) -> int:
+    return int(np.count_nonzero(np.bincount(labels.ravel())[1:])) if labels.size else 0
+
+
+def predict_one(
+    model: Any,
+    image_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    weights: str | None = None,
+    tile: Sequence[int] | None = None,
+    batch_size: int = 1,
+    device: str = "auto",
+    spacing: Sequence[float] | None = None,
+    float16: bool = False,
+    config: Any = None,
+    trust: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImageResult:
+    """Predict, post-process and write one volume (skipping what is already written).
+
+    Parameters
+    ----------
+    model : str, path-like, ResolvedModel or Predictor
+        The model; a loaded model is kept for the next call in this process.
+    image_path : path-like
+        TIFF volume ``(Z, Y, X)``.
+    out : path-like
+        Output folder (the BiaPy-style tree is created in it).
+    overwrite : bool
+        Recompute even if outputs exist.
+    weights, tile, batch_size, device, trust :
+        See :class:`~cartocell_bmz.run.predictor.Predictor`.
+    spacing : sequence of 3 floats, optional
+        Voxel size ``(z, y, x)`` in micrometres; default the file's.
+    float16 : bool
+        Store probabilities as float16 (half the disk space).
+    config : PostprocessConfig, optional
+        Post-processing settings.
+    progress : callable, optional
+        ``progress(tiles_done, tiles_total)``.
+
+    Returns
+    -------
+    ImageResult
+    """
+    from cartocell_bmz.core.postprocess import postprocess
+    from cartocell_bmz.io.volumes import ensure_output_dir, read_spacing, read_volume, write_volume
+
+    t0 = time.perf_counter()
+    image_path = Path(image_path)
+    name = image_path.name
+    paths = output_paths(out, name)
+    given = _spacing(spacing)
+    ensure_output_dir(out)
+    if not overwrite and all(p.is_file() for p in paths.values()):
+        sp, known = (given, True) if given else read_spacing(image_path)
+        cells = _count_cells(read_volume(paths["voronoi"], "labels").data)
+        return ImageResult(name, "skipped", cells, time.perf_counter() - t0, tuple(sp), known)  # type: ignore[arg-type]
+
+    probs = None
+    status = "predicted"
+    if not overwrite and paths["probabilities"].is_file():
+        try:
+            probs = read_volume(paths["probabilities"], "probabilities").data
+            image_shape = read_volume(image_path, "image").data.shape
+            if probs.shape != (3, *image_shape):
+                probs = None  # from another image of the same name: recompute
+            else:
+                status = "postprocessed"
+        except InputError:
+            probs = None  # unreadable leftover: recompute
+    if probs is None:
+        volume = read_volume(image_path, "image")
+        predictor = _predictor(model, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=trust)
+        probs = predictor.predict(volume.data, progress=progress)
+        del volume
+        write_volume(paths["probabilities"], probs.astype(np.float16) if float16 else probs,
+                     given or read_spacing(image_path)[0])
+    if given is not None:
+        sp, known = given, True
+    else:
+        sp, known = read_spacing(image_path)
+    instances, voronoi = postprocess(probs, sp, config)
+    write_volume(paths["instances"], instances, sp)
+    write_volume(paths["voronoi"], voronoi, sp)
+    return ImageResult(name, status, _count_cells(voronoi), time.perf_counter() - t0, tuple(sp), known)  # type: ignore[arg-type]
+
+
+def collect_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Files named by one or more files, folders or glob patterns (sorted, no duplicates).
+
+    Raises
+    ------
+    InputError
+        Nothing matches, or two inputs share a file name (their outputs would collide).
+    """
+    from cartocell_bmz.io.volumes import resolve_inputs
+
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not items:
+        raise InputError("no input given; name a TIFF file, a folder or a glob pattern.")
+    files: dict[Path, None] = {}
+    for item in items:
+        for f in resolve_inputs(item):
+            files[f.resolve()] = None
+    by_name: dict[str, Path] = {}
+    for f in files:
+        if f.name in by_name:
+            raise InputError(f"{f}: has the same file name as {by_name[f.name]}; outputs are named after inputs, rename one.")
+        by_name[f.name] = f
+    return sorted(files, key=lambda p: p.name)
+
+
+def predict_folder(
+    model: Any,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    gt: str | os.PathLike | None = None,
+    spacing: Sequence[float] | None = None,
+    float16: bool = False,
+    overwrite: bool = False,
+    weights: str | None = None,
+    tile: Sequence[int] | None = None,
+    batch_size: int = 1,
+    device: str = "auto",
+    config: Any = None,
+    trust: bool = False,
+    show_progress: bool = False,
+) -> PredictSummary:
+    """Segment every volume of ``inputs`` into the BiaPy-style tree ``out``.
+
+    Parameters
+    ----------
+    model : str, path-like or ResolvedModel
+        See :func:`~cartocell_bmz.bmz.resolve.resolve_model`.
+    inputs : path-like or sequence
+        TIFF files, folders or glob patterns.
+    out : path-like
+        Output folder.
+    gt : path-like, optional
+        Folder of ground-truth labels with the same file names: evaluate the results.
+    spacing : sequence of 3 floats, optional
+        Voxel size ``(z, y, x)`` in micrometres for every volume; default each file's.
+    float16, overwrite, weights, tile, batch_size, device, config, trust :
+        See :func:`predict_one`.
+    show_progress : bool
+        Show a progress bar (images and tiles).
+
+    Returns
+    -------
+    PredictSummary
+
+    Raises
+    ------
+    InputError
+        After every other volume is done, when some input volumes could not be
+        used (one bad file does not stop a long run); the message names the
+        first and ``OUT/predict_summary.json`` lists them all.
+    """
+    import json
+
+    from cartocell_bmz.bmz.resolve import resolve_model
+    from cartocell_bmz.io.volumes import atomic_open, ensure_output_dir
+
+    t0 = time.perf_counter()
+    files = collect_inputs(inputs)
+    _spacing(spacing)
+    if gt is not None and not Path(gt).is_dir():
+        raise InputError(f"{gt}: ground-truth folder not found.")
+    out = ensure_output_dir(out)
+    todo = [f for f in files if overwrite or not is_finished(out, f.name)]
+    needs_model = [f for f in todo if overwrite or not output_paths(out, f.name)["probabilities"].is_file()]
+    resolved = resolve_model(model, trust=trust)
+    predictor = None
+    if needs_model:
+        predictor = _predictor(resolved, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=True)
+    summary = PredictSummary(model=resolved.name, out=str(out))
+    with _Progress(show_progress, len(files)) as bar:
+        for f in files:
+            bar.start_image(f.name)
+            try:
+                result = predict_one(
+                    predictor if predictor is not None else resolved, f, out, overwrite=overwrite, weights=weights,
+                    tile=tile, batch_size=batch_size, device=device, spacing=spacing, float16=float16, config=config,
+                    trust=True, progress=bar.tiles,
+                )
+            except InputError as exc:  # a bad volume must not cost the others of an unattended run
+                summary.failed.append(str(exc))
+            else:
+                summary.images.append(result)
+            bar.done_image()
+    if gt is not None and not summary.failed:
+        from cartocell_bmz.run.evaluate import evaluate_folder
+
+        summary.metrics = evaluate_folder(out / VORONOI_DIR, gt, out, probs_dir=out / PROBS_DIR,
+                                          show_progress=show_progress)
+    summary.seconds = time.perf_counter() - t0
+    with atomic_open(out / PREDICT_SUMMARY_JSON) as fh:
+        json.dump(summary.as_dict(), fh, indent=2, default=str)
+        fh.write("\n")
+    if summary.failed:
+        n_bad = len(summary.failed)
+        if n_bad == len(files) == 1:
+            raise InputError(summary.failed[0])
+        listed = f" (listed in {out / PREDICT_SUMMARY_JSON}), the first" if n_bad > 1 else ""
+        raise InputError(
+            f"{n_bad} of {len(files)} volume(s) could not be used and the others are done; rerun after fixing "
+            f"{'them' if n_bad > 1 else 'it'} (finished volumes are skipped){listed}: {summary.failed[0]}"
+        )
+    return summary
+
+
+class _Progress:
+    """A rich progress bar over images, with the tiles of the current image (or nothing)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+        self._bar = None
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), transient=False)
+            self._bar.__enter__()
+            self._images = self._bar.add_task("images", total=self.total)
+            self._tiles = self._bar.add_task("tiles", total=1, visible=False)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def start_image(self, name: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._tiles, description=f"  {name}", completed=0, total=1, visible=False)
+
+    def tiles(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._tiles, completed=done, total=total, visible=True)
+
+    def done_image(self) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._images)
+
+
+__all__ = ["ImageResult", "PREDICT_SUMMARY_JSON", "PredictSummary", "collect_inputs", "is_finished",
+           "output_paths", "predict_folder", "predict_one"]
