@@ -29,3 +29,12 @@ class ModelError(CartoCellError):
 
 class OutputError(CartoCellError):
     """An output location cannot be written."""
+
+
+class CartoCellWarning(UserWarning):
+    """Something worth knowing that does not stop the work (a notice, a measured bound not met, ...).
+
+    The library reports through :mod:`warnings` with this category, never by
+    printing; the CLI shows these warnings on stderr, a notebook user can filter them
+    (``warnings.simplefilter("ignore", CartoCellWarning)``).
+    """
