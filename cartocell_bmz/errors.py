@@ -38,3 +38,31 @@ class CartoCellWarning(UserWarning):
     printing; the CLI shows these warnings on stderr, a notebook user can filter them
     (``warnings.simplefilter("ignore", CartoCellWarning)``).
     """
+
+
+def one_line(exc: BaseException, limit: int = 240) -> str:
+    """An exception's message on one line, for a one-sentence error: whitespace collapsed, cut at ``limit``.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The exception (from a library: pydantic, yaml, bioimageio, torch, ...).
+    limit : int
+        Most characters kept; a longer message ends with ``...``.
+
+    Returns
+    -------
+    str
+        The message, or the exception's type name when it has none.
+
+    Examples
+    --------
+    >>> one_line(ValueError("first line\\n  second   line"))
+    'first line second line'
+    >>> one_line(KeyError())
+    'KeyError'
+    >>> one_line(RuntimeError("x" * 300), limit=5)
+    'xxxxx...'
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:limit] + ("..." if len(text) > limit else "")

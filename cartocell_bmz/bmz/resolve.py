@@ -41,13 +41,13 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cartocell_bmz.errors import ModelError
+from cartocell_bmz.errors import CartoCellWarning, ModelError, one_line
+from cartocell_bmz.bmz.formats import RDF_FILE, RDF_NAMES, WEIGHT_FORMATS
 from cartocell_bmz.bmz.known_models import KNOWN_MODELS, KnownModel, find_known
 from cartocell_bmz.bmz.safety import (
     check_cartocell_shape,
@@ -115,9 +115,7 @@ class ResolvedModel:
     @property
     def weight_formats(self) -> tuple[str, ...]:
         """Weight formats the package has (``pytorch_state_dict``, ``torchscript``, ...)."""
-        w = self.description.weights
-        return tuple(f for f in ("pytorch_state_dict", "torchscript", "onnx", "tensorflow_saved_model_bundle",
-                                 "keras_hdf5") if getattr(w, f, None) is not None)
+        return tuple(f for f in WEIGHT_FORMATS if getattr(self.description.weights, f, None) is not None)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.origin}: {self.root})"
@@ -156,7 +154,7 @@ def local_packages() -> dict[str, Path]:
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
-        if p.is_dir() and any((p / n).is_file() for n in ("rdf.yaml", "bioimageio.yaml")):
+        if p.is_dir() and any((p / n).is_file() for n in RDF_NAMES):
             found[p.name] = p
         elif p.is_file() and p.suffix.lower() == ".zip":
             found.setdefault(p.stem, p)
@@ -171,7 +169,7 @@ def cached_packages(cache_dir: str | os.PathLike | None = None) -> dict[str, Pat
     return {
         _unsafe_id(p.name): p
         for p in sorted(models.iterdir())
-        if p.is_dir() and not p.name.startswith(".") and (p / "rdf.yaml").is_file()
+        if p.is_dir() and not p.name.startswith(".") and (p / RDF_FILE).is_file()
     }
 
 
@@ -209,7 +207,9 @@ def resolve_model(
     refresh : bool
         Download a BMZ package again even if a local copy exists.
     notify : callable, optional
-        Called with the notice and warnings (default: print to stderr).
+        Called with the download message, the warnings and the notice, each one
+        line (default: :func:`warnings.warn` them as :class:`~cartocell_bmz.errors.CartoCellWarning`,
+        which the CLI shows on stderr).
 
     Returns
     -------
@@ -243,10 +243,10 @@ def resolve_model(
                 f"{text!r} is not a package in {model_packages_dir()}, a file, or a BioImage Model Zoo id; "
                 "`cartocell-bmz models` lists the available models."
             )
-        resolved = _from_bmz(text, model_id, cache, refresh=refresh, notify=notify or _print_stderr)
+        resolved = _from_bmz(text, model_id, cache, refresh=refresh, notify=notify or _warn)
 
     resolved = _with_checks(resolved, cache, trust=trust)
-    say = notify or _print_stderr
+    say = notify or _warn
     for message in resolved.warnings:
         say(f"warning: {message}")
     if resolved.notice:
@@ -254,8 +254,11 @@ def resolve_model(
     return resolved
 
 
-def _print_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _warn(message: str) -> None:
+    """The default ``notify``: ``message`` as a :class:`CartoCellWarning`."""
+    import warnings
+
+    warnings.warn(message, CartoCellWarning, stacklevel=3)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -282,7 +285,7 @@ def _from_path(value: str, path: Path, cache: Path, origin: str | None = None) -
     elif path.suffix.lower() in (".yaml", ".yml"):
         rdf = path
         origin = origin or "path"
-        name = path.parent.name if path.name in ("rdf.yaml", "bioimageio.yaml") else path.stem.split(".")[0]
+        name = path.parent.name if path.name in RDF_NAMES else path.stem.split(".")[0]
     else:
         raise ModelError(f"{path}: not a model package (give a package folder, a .zip or an rdf.yaml).")
     return _load(value, name, rdf, origin)
@@ -291,16 +294,17 @@ def _from_path(value: str, path: Path, cache: Path, origin: str | None = None) -
 def _from_bmz(value: str, model_id: str, cache: Path, *, refresh: bool,
               notify: Callable[[str], None]) -> ResolvedModel:
     folder = cache / "models" / _safe_id(model_id)
-    if (folder / "rdf.yaml").is_file() and not refresh:
-        return _load(value, model_id, folder / "rdf.yaml", "cache", model_id=model_id)
+    rdf = folder / RDF_FILE
+    if rdf.is_file() and not refresh:
+        return _load(value, model_id, rdf, "cache", model_id=model_id)
     try:
         _download(model_id, folder, notify)
     except ModelError as exc:
-        if (folder / "rdf.yaml").is_file():  # refresh failed: fall back to the copy we have
-            resolved = _load(value, model_id, folder / "rdf.yaml", "cache", model_id=model_id)
+        if rdf.is_file():  # refresh failed: fall back to the copy we have
+            resolved = _load(value, model_id, rdf, "cache", model_id=model_id)
             return _replace(resolved, warnings=resolved.warnings + (f"could not refresh {model_id} ({exc}); using the local copy",))
         raise
-    return _load(value, model_id, folder / "rdf.yaml", "bmz", model_id=model_id)
+    return _load(value, model_id, rdf, "bmz", model_id=model_id)
 
 
 def _download(model_id: str, folder: Path, notify: Callable[[str], None]) -> None:
@@ -316,7 +320,7 @@ def _download(model_id: str, folder: Path, notify: Callable[[str], None]) -> Non
     try:
         opened = open_bioimageio_yaml(model_id)
     except Exception as exc:  # network down, unknown id, bad server reply
-        reason = _one_line(exc)
+        reason = one_line(exc, limit=200)
         raise ModelError(
             f"cannot fetch model {model_id!r} from the BioImage Model Zoo and there is no local copy "
             f"({reason}); check the name and the network, or download its zip from "
@@ -334,8 +338,8 @@ def _download(model_id: str, folder: Path, notify: Callable[[str], None]) -> Non
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
     try:
-        (tmp / "rdf.yaml").write_text(raw, encoding="utf-8")
-        content = read_rdf(tmp / "rdf.yaml")
+        (tmp / RDF_FILE).write_text(raw, encoding="utf-8")
+        content = read_rdf(tmp / RDF_FILE)
         seen: set[str] = set()
         for entry in declared_files(content):
             if entry.is_remote or entry.source in seen:
@@ -351,7 +355,7 @@ def _download(model_id: str, folder: Path, notify: Callable[[str], None]) -> Non
                 data = reader.read()
             except Exception as exc:
                 if entry.sha256 or entry.is_code_or_weights:
-                    raise ModelError(f"cannot download {entry.source} of model {model_id!r} ({_one_line(exc)}); try again later.") from None
+                    raise ModelError(f"cannot download {entry.source} of model {model_id!r} ({one_line(exc, limit=200)}); try again later.") from None
                 continue  # optional file (documentation, cover) without a hash
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
@@ -363,11 +367,6 @@ def _download(model_id: str, folder: Path, notify: Callable[[str], None]) -> Non
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200] + ("..." if len(text) > 200 else "")
 
 
 def _load(value: str, name: str, rdf_path: Path, origin: str, *, model_id: str | None = None) -> ResolvedModel:
@@ -405,7 +404,7 @@ def _load_description(rdf_path: Path, label: str) -> Any:
         # files were hash-checked above; io checks would also query GitHub for authors
         descr = load_description(rdf_path, perform_io_checks=False, format_version="latest")
     except Exception as exc:
-        raise ModelError(f"{label}: bioimageio cannot read this description ({_one_line(exc)}).") from None
+        raise ModelError(f"{label}: bioimageio cannot read this description ({one_line(exc, limit=200)}).") from None
     if isinstance(descr, InvalidDescr):
         errors = [e for d in descr.validation_summary.details for e in d.errors]
         first = errors[0] if errors else None

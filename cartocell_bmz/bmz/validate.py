@@ -22,12 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from cartocell_bmz.errors import ConfigError, InputError, ModelError
-
-#: Weight formats bioimageio.core can test (in bioimageio.spec's order).
-WEIGHT_FORMATS: tuple[str, ...] = (
-    "keras_hdf5", "keras_v3", "onnx", "pytorch_state_dict", "tensorflow_saved_model_bundle", "torchscript",
-)
+from cartocell_bmz.bmz.formats import WEIGHT_FORMATS
+from cartocell_bmz.bmz.safety import check_zip, find_rdf
+from cartocell_bmz.errors import ConfigError, InputError, ModelError, one_line
 
 #: Name of the row of the static description check.
 DESCRIPTION_ROW = "description"
@@ -69,15 +66,15 @@ def resolve_source(path_or_id: str | os.PathLike) -> str | Path:
     ------
     InputError
         For a path-like value (with a ``/`` or a package suffix) that does not exist,
-        or a folder without ``rdf.yaml``/``bioimageio.yaml``.
+        or a folder without a description file (:func:`~cartocell_bmz.bmz.safety.find_rdf`).
     """
     text = str(path_or_id)
     path = Path(text).expanduser()
     if path.is_dir():
-        for name in ("rdf.yaml", "bioimageio.yaml"):
-            if (path / name).is_file():
-                return path / name
-        raise InputError(f"{path}: folder holds no rdf.yaml; is it a model package?")
+        try:
+            return find_rdf(path)
+        except ModelError:
+            raise InputError(f"{path}: folder holds no rdf.yaml; is it a model package?") from None
     if path.is_file():
         return path
     if text.startswith(("http://", "https://")):
@@ -129,8 +126,6 @@ def validate_package(
         raise ConfigError(f"--weights {weights!r} is not a weight format; choose one of {', '.join(WEIGHT_FORMATS)}.")
     source = resolve_source(path_or_id)
     if isinstance(source, Path) and source.suffix.lower() == ".zip":
-        from cartocell_bmz.bmz.safety import check_zip
-
         check_zip(source)  # members escaping the package or a zip bomb: refused, never blessed
     t0 = time.perf_counter()
     with _quiet():
@@ -138,7 +133,7 @@ def validate_package(
             descr = load_description(source, perform_io_checks=True)
         except Exception as exc:  # network errors, broken zips, unreadable YAML
             raise ModelError(
-                f"{path_or_id}: cannot be loaded ({_first_line(exc)}); a BMZ id needs network access."
+                f"{path_or_id}: cannot be loaded ({one_line(exc)}); a BMZ id needs network access."
             ) from None
     if isinstance(descr, InvalidDescr) or descr.type != "model":
         error = _first_error(descr.validation_summary) if isinstance(descr, InvalidDescr) else (
@@ -155,7 +150,7 @@ def validate_package(
             try:
                 summary = test_model(source, weight_format=wf, devices=list(devices) if devices else None)
             except Exception as exc:  # bioimageio reports most failures in the summary; be safe
-                rows.append(ValidationRow(wf, False, _first_line(exc), 0, time.perf_counter() - t0))
+                rows.append(ValidationRow(wf, False, one_line(exc), 0, time.perf_counter() - t0))
                 continue
         details = [d for d in summary.details if _concerns(d, wf)]
         passed = summary.status == "passed" and all(d.status == "passed" for d in details)
@@ -182,11 +177,6 @@ def _first_error(summary) -> str:
                 return text if len(text) <= 400 else text[:397] + "..."
             return str(detail.name)
     return f"status {summary.status}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager

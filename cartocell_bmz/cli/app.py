@@ -9,15 +9,17 @@ become one line on stderr and a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import sys
-from typing import Callable, Optional
+import warnings
+from typing import Callable, Iterator, Optional
 
 import typer
 
 from cartocell_bmz import __version__
-from cartocell_bmz.errors import CartoCellError
+from cartocell_bmz.errors import CartoCellError, CartoCellWarning
 
 #: Command name -> module in ``cartocell_bmz.cli.commands`` (function ``command``).
 COMMANDS: dict[str, str] = {
@@ -50,13 +52,36 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+@contextlib.contextmanager
+def warnings_on_stderr() -> Iterator[None]:
+    """Show every :class:`~cartocell_bmz.errors.CartoCellWarning` as its message alone, one line on stderr.
+
+    The library reports notices and unmet bounds as warnings; a user of the CLI sees
+    each one (not only the first from a place), without Python's file and line prefix.
+    Other warnings are shown as before.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CartoCellWarning)
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, CartoCellWarning):
+                typer.echo(" ".join(str(message).split()), err=True)
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def friendly(func: Callable) -> Callable:
-    """Turn expected failures of a command into one stderr line and a non-zero exit."""
+    """Turn expected failures of a command into one stderr line and a non-zero exit; warnings into lines."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with warnings_on_stderr():
+                return func(*args, **kwargs)
         except CartoCellError as exc:
             fail(" ".join(str(exc).split()), exc.exit_code)
         except KeyboardInterrupt:

@@ -92,6 +92,17 @@ def test_first_use_notice_names_the_code_once(package):
     assert not [m for m in messages if m.startswith("notice:")]
 
 
+def test_by_default_the_notice_and_warnings_are_cartocell_warnings(package):
+    """The library never prints: without ``notify`` the messages are warnings (the CLI shows them on stderr)."""
+    from cartocell_bmz.errors import CartoCellWarning
+
+    with pytest.warns(CartoCellWarning) as record:
+        r = resolve_model(str(package))
+    messages = [str(w.message) for w in record if issubclass(w.category, CartoCellWarning)]
+    assert messages == [f"warning: {r.warnings[0]}", f"notice: {r.notice}"]
+    assert "unet.py" in r.notice and "--trust" in r.notice
+
+
 def test_trust_silences_the_notice(package):
     r = resolve_model(str(package), trust=True, notify=lambda m: None)
     assert r.notice is None
