@@ -147,7 +147,7 @@ def _worker(impl: str, data: Path, repeat: int) -> dict:
         from cartocell_bmz.core.matching import match
 
         def run(gt, pred):
-            return [r.as_row() for r in match(gt, pred, THRESHOLDS)]
+            return [r.as_row() for r in match(gt=gt, pred=pred, thresholds=THRESHOLDS)]
     elif impl == "stardist":
         from stardist.matching import matching
 
@@ -283,12 +283,12 @@ class MatchingSuite:
     def time_match_three_thresholds(self):
         from cartocell_bmz.core.matching import match
 
-        match(self.gt, self.pred, THRESHOLDS)
+        match(gt=self.gt, pred=self.pred, thresholds=THRESHOLDS)
 
     def peakmem_match_three_thresholds(self):
         from cartocell_bmz.core.matching import match
 
-        match(self.gt, self.pred, THRESHOLDS)
+        match(gt=self.gt, pred=self.pred, thresholds=THRESHOLDS)
 
 
 if __name__ == "__main__":

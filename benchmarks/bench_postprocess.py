@@ -9,6 +9,12 @@ the step, inputs already loaded),
 the ratios BiaPy / ours, and how the segmentations agree: F1@0.5 of each against the
 ground truth, of ours against BiaPy's, and the share of the lumen each Voronoi fills.
 
+A second table times the flooding alone, in one child process: our hierarchical-queue
+:func:`cartocell_bmz.core.watershed.flood` against ``skimage.segmentation.watershed``
+on the same inputs (the seeds, the 8-bit quantised surface ``-B`` and the growth mask
+of the default ``watershed_by_channels``, 6-connectivity), with the share of the
+mask's voxels to which both give the same label.
+
 Synthetic data: a cyst-like shell (ellipsoid, one layer of radial cells from a
 spherical Voronoi of jittered points) of the requested size and cell count, its
 B, C, M targets (:func:`cartocell_bmz.core.targets.make_targets`), blurred (Gaussian,
@@ -21,7 +27,7 @@ Usage::
     .venv/bin/python benchmarks/bench_postprocess.py --size 64 256 256 --cells 200 --markdown
 
 BiaPy's environment defaults to ``.biapy-venv`` beside this folder (``--biapy-python``);
-``--no-biapy`` runs ours only.
+``--no-biapy`` runs ours only (and the flood comparison, which needs no BiaPy).
 """
 
 from __future__ import annotations
@@ -137,6 +143,49 @@ def _run_ours(probs_path: Path, out_dir: Path, spacing, smooth: bool, step: str,
     return {"seconds": seconds, "mib": mib}
 
 
+def flood_inputs(probs: np.ndarray, min_seed_size: int = 5):
+    """What the default ``watershed_by_channels`` floods: 8-bit surface, seeds, growth mask.
+
+    Otsu thresholds of B and C; seeds ``(B > tB) & (C < tC)`` in the mask ``B > tB / 2``,
+    6-connected, seeds of at most ``min_seed_size`` voxels dropped; surface ``-B`` in the
+    256 bins of Otsu's histogram (level 0 = highest B).
+    """
+    from scipy import ndimage as ndi
+
+    from cartocell_bmz.core.thresholds import bin_indices, otsu_threshold
+
+    b, c = probs[0], probs[1]
+    tb, tc = otsu_threshold(b), otsu_threshold(c)
+    mask = b > tb / 2
+    seeds, n = ndi.label((b > tb) & (c < tc) & mask, ndi.generate_binary_structure(3, 1))
+    sizes = np.bincount(seeds.ravel())
+    keep = sizes > min_seed_size
+    keep[0] = False
+    lut = np.zeros(n + 1, np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    levels = (255 - bin_indices(b, float(b.min()), float(b.max()))).astype(np.uint8)
+    return levels, lut[seeds], mask
+
+
+def _run_flood(probs_path: Path, repeat: int = 1) -> dict:
+    """Child process: our flood and scikit-image's watershed on the same inputs, timed one after the other."""
+    sys.path.insert(0, str(HERE))
+    from biapy_postprocess_driver import measure
+    from skimage.segmentation import watershed
+
+    from cartocell_bmz.core.watershed import flood
+
+    levels, markers, mask = flood_inputs(np.load(probs_path))
+    tiny = np.zeros((4, 4, 4), np.uint8)  # warm-up: imports are not timed
+    flood(tiny, (tiny + 1).astype(np.int32)), watershed(tiny, (tiny + 1).astype(np.int32), connectivity=1)
+    ours, ours_s, ours_mib = measure(flood, levels, markers, mask, repeat=repeat)
+    ref, ref_s, ref_mib = measure(watershed, levels, markers, mask=mask, connectivity=1, repeat=repeat)
+    same = (ours == ref)[mask]
+    return {"ours_s": ours_s, "ours_mib": ours_mib, "skimage_s": ref_s, "skimage_mib": ref_mib,
+            "agreement": float(same.mean()) if same.size else 1.0, "n_differ": int(same.size - same.sum()),
+            "n_mask": int(mask.sum()), "n_seeds": int(markers.max())}
+
+
 def _child(cmd: list[str], env: dict) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -147,10 +196,11 @@ def _child(cmd: list[str], env: dict) -> dict:
 # --------------------------------------------------------------------------- agreement
 
 
-def f1_at(a: np.ndarray, b: np.ndarray, threshold: float = 0.5) -> float:
+def f1_at(gt: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> float:
+    """F1 of ``pred`` against ``gt`` (either may be a reference segmentation) at one IoU threshold."""
     from cartocell_bmz.core.matching import match
 
-    return float(match(a, b, thresholds=(threshold,))[0].f1)
+    return float(match(gt=gt, pred=pred, thresholds=(threshold,))[0].f1)
 
 
 def lumen_mask(labels: np.ndarray, margin: int = 2) -> np.ndarray:
@@ -178,13 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--biapy-python", type=Path, default=DEFAULT_BIAPY_PYTHON)
     parser.add_argument("--no-biapy", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
-    parser.add_argument("--child", choices=["ours", "ours_smooth"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["ours", "ours_smooth", "flood"], help=argparse.SUPPRESS)
     parser.add_argument("--step", choices=["watershed", "voronoi"], help=argparse.SUPPRESS)
     parser.add_argument("--probs", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     spacing = tuple(args.spacing)
 
+    if args.child == "flood":
+        print(json.dumps(_run_flood(args.probs, args.repeat)))
+        return 0
     if args.child:
         print(json.dumps(_run_ours(args.probs, args.out, spacing, args.child == "ours_smooth", args.step, args.repeat)))
         return 0
@@ -225,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {"watershed_s": ws["seconds"], "watershed_mib": ws["mib"],
                              "voronoi_s": vor["seconds"], "voronoi_mib": vor["mib"]}
             print(f"  ran {name}", flush=True)
+        flood_row = _child(me + ["--child", "flood"], env)
+        print("  ran flood: ours vs scikit-image", flush=True)
         files = {"ours": "ours", "ours, smoothed": "ours_smooth", "BiaPy 3.7.1": "biapy"}
         segs = {name: (np.load(tmp / f"{files[name]}_instances.npy"), np.load(tmp / f"{files[name]}_voronoi.npy"))
                 for name in results}
@@ -246,12 +301,28 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("ours", "ours, smoothed"):
             agreement[name] = (f1_at(b_inst, segs[name][0]), f1_at(b_vor, segs[name][1]))
     _print_table(rows, agreement, markdown=False)
+    print()
+    _print_flood(flood_row, markdown=False)
     if args.markdown:
+        header = (f"{tuple(args.size)} voxels, spacing {spacing} um, {int(gt.max())} cells, "
+                  f"blur {args.blur} um, noise {args.noise}, {args.threads} threads, best of {args.repeat}")
         print()
-        _print_table(rows, agreement, markdown=True, header=(
-            f"{tuple(args.size)} voxels, spacing {spacing} um, {int(gt.max())} cells, "
-            f"blur {args.blur} um, noise {args.noise}, {args.threads} threads, best of {args.repeat}"))
+        _print_table(rows, agreement, markdown=True, header=header)
+        print()
+        _print_flood(flood_row, markdown=True)
     return 0
+
+
+def _print_flood(r: dict, markdown: bool) -> None:
+    """The flood alone: ours against scikit-image's watershed on the same inputs."""
+    cols = ["flood (same seeds, surface, mask)", "time s", "peak MiB", "time / ours", "equal labels"]
+    agree = f"{100 * r['agreement']:.3f}% ({r['n_differ']} of {r['n_mask']} voxels differ)"
+    lines = [["cartocell_bmz.core.watershed.flood", f"{r['ours_s']:.2f}", f"{r['ours_mib']:.0f}", "1.0x", agree],
+             ["skimage.segmentation.watershed", f"{r['skimage_s']:.2f}", f"{r['skimage_mib']:.0f}",
+              f"{r['skimage_s'] / max(r['ours_s'], 1e-9):.2f}x", "-"]]
+    _print_rows(cols, lines, markdown)
+    if not markdown:
+        print(f"{r['n_seeds']} seeds, 6-connectivity; time / ours = scikit-image's time / ours (above 1: ours is faster).")
 
 
 def _print_table(rows, agreement, markdown: bool, header: str = "") -> None:
@@ -272,9 +343,15 @@ def _print_table(rows, agreement, markdown: bool, header: str = "") -> None:
             f"{r['watershed_mib']:.0f} / {r['voronoi_mib']:.0f}", ratio, mem,
             f"{r['n_ws']} / {r['n_vor']}", f"{r['f1_ws']:.3f} / {r['f1_vor']:.3f}", agree, f"{100 * r['lumen']:.1f}%",
         ])
+    if markdown and header:
+        print(f"_{header}_\n")
+    _print_rows(cols, lines, markdown)
+    if not markdown:
+        print("speed-up = BiaPy total time / ours; memory ratio = our peak / BiaPy's peak (lower is better).")
+
+
+def _print_rows(cols: list[str], lines: list[list[str]], markdown: bool) -> None:
     if markdown:
-        if header:
-            print(f"_{header}_\n")
         print("| " + " | ".join(cols) + " |")
         print("|" + "|".join("---" for _ in cols) + "|")
         for line in lines:
@@ -283,7 +360,6 @@ def _print_table(rows, agreement, markdown: bool, header: str = "") -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *lines)]
     for line in [cols] + lines:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
-    print("speed-up = BiaPy total time / ours; memory ratio = our peak / BiaPy's peak (lower is better).")
 
 
 if __name__ == "__main__":

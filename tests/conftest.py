@@ -26,7 +26,8 @@ def small_cyst():
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A tiny CartoCell-layout dataset (1-2 volumes of 16 x 48 x 48 per split)."""
-    from cartocell_bmz.core.phantoms import PhantomConfig, make_dataset
+    from cartocell_bmz.core.phantoms import PhantomConfig
+    from cartocell_bmz.io.phantom_sets import make_dataset
 
     root = tmp_path_factory.mktemp("tiny_dataset")
     cfg = PhantomConfig(seed=3, shape=(16, 48, 48), counts={"train_M1": 2, "validation": 1, "train_M2": 2, "test": 2})

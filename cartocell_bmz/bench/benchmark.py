@@ -172,7 +172,8 @@ def default_test_set(out: str | os.PathLike) -> Path:
     machine, and the ones the packages in ``model_packages/`` were measured on. An
     existing copy is reused when its ``dataset.json`` matches.
     """
-    from cartocell_bmz.core.phantoms import PhantomConfig, make_dataset
+    from cartocell_bmz.core.phantoms import PhantomConfig
+    from cartocell_bmz.io.phantom_sets import make_dataset
 
     base = PhantomConfig(seed=DEFAULT_TEST_SEED)
     config = PhantomConfig(seed=DEFAULT_TEST_SEED, counts={"test": base.counts["test"]})
@@ -329,7 +330,7 @@ def _default_evaluate(pred, gt, probs, thresholds) -> list[dict]:
     """Evaluate step of a task: rows of :func:`cartocell_bmz.run.evaluate.evaluate_volume`."""
     from cartocell_bmz.run.evaluate import evaluate_volume
 
-    result = evaluate_volume(pred, gt, thresholds=thresholds, probs=probs)
+    result = evaluate_volume(gt=gt, pred=pred, probs=probs, thresholds=thresholds)
     return result_rows(result)
 
 

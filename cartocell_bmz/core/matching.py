@@ -129,7 +129,7 @@ class MatchResult:
     >>> import numpy as np
     >>> gt = np.zeros((4, 10, 10), np.uint16); gt[:, 2:6, 2:6] = 7
     >>> pred = np.roll(gt, 1, axis=2) * 3           # shifted by one voxel, id 21
-    >>> r = match(gt, pred, thresholds=(0.5,))[0]
+    >>> r = match(gt=gt, pred=pred, thresholds=(0.5,))[0]
     >>> r.tp, r.fp, r.fn, round(r.mean_matched_score, 4)   # IoU = 12 / 20
     (1, 0, 0, 0.6)
     >>> r.pairs()
@@ -188,17 +188,20 @@ class MatchResult:
 
 
 def match(
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
+    *,
+    gt: np.ndarray,
+    pred: np.ndarray,
     thresholds: float | Sequence[float] = DEFAULT_IOU_THRESHOLDS,
 ) -> list[MatchResult]:
     """Match predicted objects to ground-truth objects at one or more IoU thresholds.
 
     Parameters
     ----------
-    y_true, y_pred : numpy.ndarray
-        Label volumes of the same shape (any dimensionality), non-negative
-        integers, 0 = background.  Ids need not be sequential.
+    gt, pred : numpy.ndarray
+        Ground-truth and predicted label volumes of the same shape (any
+        dimensionality), non-negative integers, 0 = background.  Ids need not be
+        sequential.  Keyword-only: the two are easily swapped, and swapping them
+        exchanges FP and FN.
     thresholds : float or sequence of float
         IoU thresholds in ``(0, 1]``; the overlap is computed once for all.
 
@@ -218,17 +221,17 @@ def match(
     --------
     >>> import numpy as np
     >>> gt = np.zeros((8, 8, 8), np.uint8); gt[1:5, 1:5, 1:5] = 1; gt[5:8, 5:8, 5:8] = 2
-    >>> [(r.threshold, r.tp, r.fp, r.fn) for r in match(gt, (gt == 1).astype(np.uint8) * 9)]
+    >>> [(r.threshold, r.tp, r.fp, r.fn) for r in match(gt=gt, pred=(gt == 1).astype(np.uint8) * 9)]
     [(0.3, 1, 0, 1), (0.5, 1, 0, 1), (0.75, 1, 0, 1)]
     """
     thrs = check_thresholds(thresholds)
-    ov = overlap(y_true, y_pred)
+    ov = overlap(gt=gt, pred=pred)
     iou = ov.iou()
     assignments = _assign(ov, iou, thrs)
     return [_result(ov, thr, pairs) for thr, pairs in zip(thrs, assignments)]
 
 
-def overlap(y_true: np.ndarray, y_pred: np.ndarray) -> Overlap:
+def overlap(*, gt: np.ndarray, pred: np.ndarray) -> Overlap:
     """Count the voxels shared by every pair of ground-truth and predicted objects.
 
     One pass over the voxels that are foreground in either volume; ids are
@@ -237,15 +240,16 @@ def overlap(y_true: np.ndarray, y_pred: np.ndarray) -> Overlap:
 
     Parameters
     ----------
-    y_true, y_pred : numpy.ndarray
-        Label volumes of the same shape, non-negative integers.
+    gt, pred : numpy.ndarray
+        Ground-truth and predicted label volumes of the same shape, non-negative
+        integers (keyword-only).
 
     Returns
     -------
     Overlap
     """
-    t = _check_labels(y_true, "ground truth")
-    p = _check_labels(y_pred, "prediction")
+    t = _check_labels(gt, "ground truth")
+    p = _check_labels(pred, "prediction")
     if t.shape != p.shape:
         raise InputError(f"prediction shape {p.shape} differs from ground-truth shape {t.shape}.")
     t = t.ravel()

@@ -3,6 +3,8 @@
 * :func:`channel_iou` compares the network's B, C, M probabilities, binarised
   at 0.5, with the target channels built from the ground-truth labels
   (:func:`cartocell_bmz.core.targets.make_targets`): IoU of the positive class.
+* :func:`binary_channel_iou` is the same IoU on boolean predictions and targets
+  given channel by channel (the training validation's figure).
 * :func:`aggregate` turns per-image matching figures into dataset figures, per
   IoU threshold, either **by image** (the mean of the per-image precision,
   recall, ..., BiaPy's default and the published ranking's rule) or **pooled**
@@ -35,19 +37,21 @@ COUNT_FIGURES: tuple[str, ...] = ("tp", "fp", "fn", "n_true", "n_pred")
 
 
 def channel_iou(
-    probs: np.ndarray,
-    gt_labels: np.ndarray,
     *,
+    probs: np.ndarray,
+    gt: np.ndarray,
     mode: str = "cartocell",
     threshold: float = 0.5,
 ) -> dict[str, float]:
     """IoU of each binarised probability channel with its target from the ground truth.
 
+    All arguments are keyword-only (``channel_iou(probs=..., gt=...)``).
+
     Parameters
     ----------
     probs : numpy.ndarray
         ``(3, Z, Y, X)`` probabilities in channel order B, C, M.
-    gt_labels : numpy.ndarray
+    gt : numpy.ndarray
         ``(Z, Y, X)`` ground-truth instance labels.
     mode : str
         Target definition passed to :func:`cartocell_bmz.core.targets.make_targets`
@@ -69,16 +73,16 @@ def channel_iou(
     from cartocell_bmz.core.targets import make_targets
 
     probs = np.asarray(probs)
-    gt_labels = np.asarray(gt_labels)
+    gt = np.asarray(gt)
     if probs.ndim != 4 or probs.shape[0] != len(CHANNELS):
         raise InputError(
             f"probabilities must be (3, Z, Y, X) in channel order {', '.join(CHANNELS)}, got shape {probs.shape}."
         )
-    if probs.shape[1:] != gt_labels.shape:
+    if probs.shape[1:] != gt.shape:
         raise InputError(
-            f"probability volume shape {probs.shape[1:]} differs from ground-truth shape {gt_labels.shape}."
+            f"probability volume shape {probs.shape[1:]} differs from ground-truth shape {gt.shape}."
         )
-    targets = make_targets(gt_labels, mode=mode)
+    targets = make_targets(gt, mode=mode)
     out: dict[str, float] = {}
     for c, name in enumerate(CHANNELS):
         pred = probs[c] > threshold
@@ -86,6 +90,27 @@ def channel_iou(
         inter = np.count_nonzero(pred & target)
         union = np.count_nonzero(pred) + np.count_nonzero(target) - inter
         out[name] = inter / union if union else IOU_BOTH_EMPTY
+    return out
+
+
+def binary_channel_iou(*, pred: np.ndarray, target: np.ndarray) -> list[float]:
+    """IoU of the positive class per channel of boolean ``(C, ...)`` arrays (1.0 when both are empty).
+
+    The training validation's figure: ``pred`` is the network's binarised output
+    (``logits > 0``), ``target`` the boolean targets, channel by channel.  Unlike
+    :func:`channel_iou` it does not build the targets from labels.
+
+    Examples
+    --------
+    >>> p = np.array([[1, 1, 0, 0], [0, 0, 0, 0]], bool)
+    >>> t = np.array([[1, 0, 0, 0], [0, 0, 0, 0]], bool)
+    >>> binary_channel_iou(pred=p, target=t)
+    [0.5, 1.0]
+    """
+    out = []
+    for p, t in zip(pred, target):
+        union = int(np.count_nonzero(p | t))
+        out.append(IOU_BOTH_EMPTY if union == 0 else int(np.count_nonzero(p & t)) / union)
     return out
 
 

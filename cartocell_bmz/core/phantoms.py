@@ -8,20 +8,19 @@ The raw image shows cell outlines (membrane signal) with per-cell and smooth
 uneven brightness, anisotropic optical blur (stronger in z), background and
 Poisson + Gaussian noise.
 
-Everything is deterministic given a seed.  :func:`make_cyst` is the pure core;
-:func:`make_dataset` writes the CartoCell folder layout.
+Everything is deterministic given a seed.  :func:`make_cyst` is pure (arrays in
+memory, no files); :func:`cartocell_bmz.io.phantom_sets.make_dataset` writes a
+dataset of them in the CartoCell folder layout.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from cartocell_bmz.layout import LABEL_DIR, RAW_DIR, SPLITS
+from cartocell_bmz.core.spacing import check_spacing
 
 #: Cyst stages imitating 4-, 7- and 10-day cysts: (relative size, relative cell count).
 STAGES: dict[str, tuple[float, float]] = {"day4": (0.62, 0.45), "day7": (0.8, 0.7), "day10": (0.95, 1.0)}
@@ -57,7 +56,10 @@ class Cyst:
 
 @dataclass
 class PhantomConfig:
-    """Parameters of a synthetic dataset (saved as ``dataset.json``)."""
+    """Parameters of a synthetic dataset (saved as ``dataset.json``).
+
+    :func:`cartocell_bmz.io.phantom_sets.make_dataset` writes a dataset from them.
+    """
 
     seed: int = 0
     shape: tuple[int, int, int] = DEFAULT_SHAPE
@@ -125,11 +127,9 @@ def make_cyst(
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {sorted(STAGES)}")
     shape = tuple(int(s) for s in shape)
-    spacing = tuple(float(s) for s in spacing)
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"shape must be 3 sizes of at least 8 voxels, got {shape}")
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"spacing must be 3 positive sizes, got {spacing}")
+    spacing = check_spacing(spacing)
     rng = np.random.default_rng(seed)
     f = int(oversampling)
     hi_shape = tuple(s * f for s in shape)
@@ -255,113 +255,3 @@ def _camera(signal: np.ndarray, spacing, rng) -> np.ndarray:
     photons = rng.poisson(np.clip(signal, 0, None) / max(float(signal.max()), 1e-9) * peak + background)
     image = photons + rng.normal(scale=3.0, size=signal.shape)
     return np.clip(np.round(image * 8), 0, 4095).astype(np.uint16)
-
-
-# --------------------------------------------------------------------------- dataset
-
-
-def make_dataset(
-    out: str | Path,
-    config: PhantomConfig | None = None,
-    *,
-    preview: bool = False,
-    show_progress: bool = False,
-) -> dict[str, list[Path]]:
-    """Write a synthetic dataset in the CartoCell folder layout.
-
-    ``OUT/{train_M1,validation,train_M2,test}/{x,y}/cyst_NNN_<stage>.tif``, raw
-    and labels with the same file name and voxel size, plus ``OUT/dataset.json``
-    (the configuration) and, with ``preview``, ``OUT/previews/*.png``.
-
-    Volume ``i`` of a split depends only on ``(seed, split, i)``, so adding
-    volumes to one split never changes the others.
-
-    Returns
-    -------
-    dict
-        Split name -> list of written label files.
-    """
-    from cartocell_bmz.io.volumes import atomic_open, ensure_output_dir, write_volume
-
-    config = config or PhantomConfig()
-    unknown = set(config.counts) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"unknown split(s) {sorted(unknown)}; splits are {SPLITS}")
-    out = ensure_output_dir(out)
-    stages = list(STAGES)
-    written: dict[str, list[Path]] = {}
-    jobs = [(split, i) for split in SPLITS for i in range(config.counts.get(split, 0))]
-    progress = _progress(len(jobs), show_progress)
-    for split, i in jobs:
-        seq = np.random.SeedSequence([config.seed, SPLITS.index(split), i])
-        stage = stages[(i + SPLITS.index(split)) % len(stages)]
-        cyst = make_cyst(
-            config.shape, config.spacing, stage=stage, max_cells=config.max_cells,
-            oversampling=config.m1_oversampling if split == "train_M1" else 1, seed=seq,
-        )
-        name = f"cyst_{i:03d}_{stage}.tif"
-        write_volume(out / split / RAW_DIR / name, cyst.raw, cyst.spacing)
-        write_volume(out / split / LABEL_DIR / name, cyst.labels, cyst.spacing, compress=True)
-        written.setdefault(split, []).append(out / split / LABEL_DIR / name)
-        if preview:
-            save_preview(out / "previews" / f"{split}_{Path(name).stem}.png", cyst)
-        progress(f"{split}/{name}")
-    with atomic_open(out / "dataset.json") as fh:
-        json.dump({"generator": "cartocell_bmz.core.phantoms", **asdict(config)}, fh, indent=2)
-    return written
-
-
-def save_preview(path: str | Path, cyst: Cyst) -> Path:
-    """PNG of the mid z-slice and mid y-slice of the raw image and its labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cartocell_bmz.io.volumes import atomic_path
-
-    z, y = cyst.raw.shape[0] // 2, cyst.raw.shape[1] // 2
-    aspect = cyst.spacing[0] / cyst.spacing[2]
-    fig, ax = plt.subplots(2, 2, figsize=(8, 6), gridspec_kw={"height_ratios": [3, 2]})
-    lab_cmap = _label_cmap(int(cyst.labels.max()))
-    ax[0, 0].imshow(cyst.raw[z], cmap="gray")
-    ax[0, 1].imshow(cyst.labels[z], cmap=lab_cmap, interpolation="nearest")
-    ax[1, 0].imshow(cyst.raw[:, y], cmap="gray", aspect=aspect)
-    ax[1, 1].imshow(cyst.labels[:, y], cmap=lab_cmap, interpolation="nearest", aspect=aspect)
-    for a, t in zip(ax.flat, ["raw, z mid-slice", "labels, z mid-slice", "raw, y mid-slice", "labels, y mid-slice"]):
-        a.set_title(t, fontsize=9)
-        a.axis("off")
-    fig.suptitle(f"synthetic cyst ({cyst.stage}, {int(cyst.labels.max())} cells)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
-    return path
-
-
-def _label_cmap(n: int):
-    from matplotlib.colors import ListedColormap
-
-    rng = np.random.default_rng(12345)
-    colours = rng.uniform(0.25, 1.0, size=(max(n, 1) + 1, 3))
-    colours[0] = 0
-    return ListedColormap(colours)
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return lambda _msg: None
-    from rich.progress import Progress
-
-    bar = Progress(transient=True)
-    bar.start()
-    task = bar.add_task("phantoms", total=total)
-
-    def advance(msg: str) -> None:
-        bar.update(task, advance=1, description=msg)
-        if bar.tasks[task].completed >= total:
-            bar.stop()
-
-    return advance

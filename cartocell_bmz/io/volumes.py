@@ -23,7 +23,9 @@ from typing import IO, Iterator, Literal, Sequence
 
 import numpy as np
 
-from cartocell_bmz.errors import InputError, OutputError
+from cartocell_bmz.core.labels import label_dtype
+from cartocell_bmz.core.spacing import check_spacing
+from cartocell_bmz.errors import ConfigError, InputError, OutputError
 from cartocell_bmz.layout import TIFF_SUFFIXES
 
 Kind = Literal["image", "labels", "probabilities"]
@@ -353,8 +355,7 @@ def _as_label_array(data: np.ndarray, path: Path) -> np.ndarray:
     top = int(data.max()) if data.size else 0
     if data.dtype.kind == "u":
         return data
-    dtype = np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32
-    return data.astype(dtype)
+    return data.astype(label_dtype(top))
 
 
 def _spacing_from_tiff(tif) -> tuple[Spacing, bool]:
@@ -389,9 +390,10 @@ def _spacing_from_tiff(tif) -> tuple[Spacing, bool]:
         except (TypeError, ValueError):
             pass
     spacing = (z, yx[0], yx[1])
-    if any(not np.isfinite(s) or s <= 0 for s in spacing):
+    try:
+        return check_spacing(spacing), known
+    except ConfigError:
         return (1.0, 1.0, 1.0), False
-    return spacing, known
 
 
 def _spacing_from_ome(xml: str) -> Spacing | None:

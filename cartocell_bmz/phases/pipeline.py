@@ -263,7 +263,8 @@ def evaluate_run(
     import numpy as np
 
     from cartocell_bmz.run.evaluate import evaluate_folder
-    from cartocell_bmz.phases.pseudo_label import _label_dtype, _predictor_for, model_fingerprint, segment_volume
+    from cartocell_bmz.core.labels import as_label_dtype as _label_dtype
+    from cartocell_bmz.phases.pseudo_label import _predictor_for, model_fingerprint, segment_volume
     from cartocell_bmz.io.volumes import ensure_output_dir, list_volumes, read_volume, write_volume
 
     run_dir, test_dir = Path(run_dir), Path(test_dir)
@@ -299,7 +300,7 @@ def evaluate_run(
         write_volume(outputs[2], _label_dtype(voronoi), vol.spacing, compress=True)
     info = _read_json(run_dir / "model.json")
     summary = evaluate_folder(
-        out / VORONOI_DIR, test_dir / LABEL_DIR, out, probs_dir=out / PROBS_DIR,
+        gt_dir=test_dir / LABEL_DIR, pred_dir=out / VORONOI_DIR, out_dir=out, probs_dir=out / PROBS_DIR,
         mode=info.get("target_mode", "cartocell"), show_progress=show_progress,
     )
     _write_json(out / "status.json", {"finished": True, "model": str(run_dir), "model_sha256": sha, "volumes": names})

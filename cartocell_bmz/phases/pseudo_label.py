@@ -148,8 +148,9 @@ def segment_volume(
 
 
 def _label_dtype(labels: np.ndarray) -> np.ndarray:
-    top = int(labels.max()) if labels.size else 0
-    return labels.astype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32, copy=False)
+    from cartocell_bmz.core.labels import as_label_dtype
+
+    return as_label_dtype(labels)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -228,13 +229,12 @@ def pseudo_label(
     InputError
         The input folder is missing, empty or holds unreadable volumes.
     """
+    from cartocell_bmz.core.spacing import check_spacing
     from cartocell_bmz.io.volumes import atomic_open, ensure_output_dir, list_volumes, read_volume, write_volume
 
     t0 = time.perf_counter()
     if spacing is not None:
-        spacing = tuple(float(s) for s in spacing)
-        if len(spacing) != 3 or min(spacing) <= 0:
-            raise ConfigError(f"spacing needs three positive sizes Z Y X, got {list(spacing)}.")
+        spacing = check_spacing(spacing)
     raws = list_volumes(_raw_folder(Path(input_dir)), what="raw volumes")
     names = [p.name for p in raws]
     if len(set(names)) != len(names):

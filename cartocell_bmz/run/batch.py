@@ -165,9 +165,9 @@ def _predictor(model: Any, *, weights, tile, batch_size, device, trust):
 def _spacing(spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
     if spacing is None:
         return None
-    from cartocell_bmz.run.segment import _check_spacing
+    from cartocell_bmz.core.spacing import check_spacing
 
-    return _check_spacing(spacing)
+    return check_spacing(spacing)
 
 
 def _count_cells(labels: np.ndarray) -> int:
@@ -367,7 +367,7 @@ def predict_folder(
     if gt is not None and not summary.failed:
         from cartocell_bmz.run.evaluate import evaluate_folder
 
-        summary.metrics = evaluate_folder(out / VORONOI_DIR, gt, out, probs_dir=out / PROBS_DIR,
+        summary.metrics = evaluate_folder(gt_dir=gt, pred_dir=out / VORONOI_DIR, out_dir=out, probs_dir=out / PROBS_DIR,
                                           show_progress=show_progress)
     summary.seconds = time.perf_counter() - t0
     with atomic_open(out / PREDICT_SUMMARY_JSON) as fh:

@@ -78,23 +78,26 @@ class EvaluationResult:
 
 
 def evaluate_volume(
-    pred: np.ndarray,
-    gt: np.ndarray,
     *,
-    thresholds: float | Sequence[float] = DEFAULT_IOU_THRESHOLDS,
+    gt: np.ndarray,
+    pred: np.ndarray,
     probs: np.ndarray | None = None,
+    thresholds: float | Sequence[float] = DEFAULT_IOU_THRESHOLDS,
     mode: str = "cartocell",
 ) -> EvaluationResult:
     """Evaluate one predicted label volume (and its probabilities) against ground truth.
 
+    All arguments are keyword-only (``evaluate_volume(gt=..., pred=...)``): the two
+    volumes are easily swapped, which exchanges false positives and negatives.
+
     Parameters
     ----------
-    pred, gt : numpy.ndarray
-        ``(Z, Y, X)`` predicted and ground-truth instance labels.
-    thresholds : float or sequence of float
-        IoU thresholds of instance matching.
+    gt, pred : numpy.ndarray
+        ``(Z, Y, X)`` ground-truth and predicted instance labels.
     probs : numpy.ndarray, optional
         ``(3, Z, Y, X)`` probabilities (B, C, M) for the per-channel IoU.
+    thresholds : float or sequence of float
+        IoU thresholds of instance matching.
     mode : str
         Target definition for the per-channel IoU (see :mod:`cartocell_bmz.core.targets`).
 
@@ -106,26 +109,26 @@ def evaluate_volume(
     --------
     >>> import numpy as np
     >>> gt = np.zeros((4, 8, 8), np.uint16); gt[:, :4] = 1; gt[:, 4:] = 2
-    >>> r = evaluate_volume(gt, gt, thresholds=(0.5,))
+    >>> r = evaluate_volume(gt=gt, pred=gt, thresholds=(0.5,))
     >>> r.rows()[0]["f1"], r.channel_iou is None
     (1.0, True)
     """
     from cartocell_bmz.core.metrics import channel_iou
 
-    matches = tuple(match(gt, pred, thresholds))
-    ious = channel_iou(probs, gt, mode=mode) if probs is not None else None
+    matches = tuple(match(gt=gt, pred=pred, thresholds=thresholds))
+    ious = channel_iou(probs=probs, gt=gt, mode=mode) if probs is not None else None
     return EvaluationResult(matches=matches, channel_iou=ious)
 
 
-def association_colours(result: MatchResult, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def association_colours(result: MatchResult, *, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Colour map ``(Z, Y, X, 3)`` uint8: TP predictions green, FP blue, FN ground truth red.
 
     Examples
     --------
     >>> import numpy as np
     >>> gt = np.array([[[1, 1, 0, 2]]], np.uint8); pred = np.array([[[5, 5, 6, 0]]], np.uint8)
-    >>> r = match(gt, pred, (0.5,))[0]
-    >>> association_colours(r, pred, gt)[0, 0].tolist()
+    >>> r = match(gt=gt, pred=pred, thresholds=(0.5,))[0]
+    >>> association_colours(r, gt=gt, pred=pred)[0, 0].tolist()
     [[0, 255, 0], [0, 255, 0], [0, 0, 255], [255, 0, 0]]
     """
     rgb = np.zeros(np.shape(gt) + (3,), np.uint8)
@@ -143,9 +146,9 @@ def write_associations(
     out_dir: str | os.PathLike,
     name: str,
     result: EvaluationResult | Sequence[MatchResult],
-    pred: np.ndarray,
-    gt: np.ndarray,
     *,
+    gt: np.ndarray,
+    pred: np.ndarray,
     spacing: Sequence[float] | None = None,
     colour_map: bool = True,
 ) -> list[Path]:
@@ -159,8 +162,8 @@ def write_associations(
         Image name used as the file prefix (a file name's suffix is dropped).
     result : EvaluationResult or sequence of MatchResult
         The matching of ``pred`` against ``gt``.
-    pred, gt : numpy.ndarray
-        The label volumes that were matched (for the colour map).
+    gt, pred : numpy.ndarray
+        The label volumes that were matched (for the colour map), keyword-only.
     spacing : sequence of 3 floats, optional
         Voxel size written into the colour TIFF.
     colour_map : bool
@@ -195,16 +198,16 @@ def write_associations(
         written.append(path)
         if colour_map:
             path = Path(f"{prefix}_tp_fp_fn.tif")
-            _write_rgb(path, association_colours(m, pred, gt), spacing)
+            _write_rgb(path, association_colours(m, gt=gt, pred=pred), spacing)
             written.append(path)
     return written
 
 
 def evaluate_folder(
-    pred_dir: str | os.PathLike,
-    gt_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
     *,
+    gt_dir: str | os.PathLike,
+    pred_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
     probs_dir: str | os.PathLike | None = None,
     thresholds: float | Sequence[float] = DEFAULT_IOU_THRESHOLDS,
     by: Literal["image", "pooled"] = "image",
@@ -214,9 +217,12 @@ def evaluate_folder(
 ) -> dict:
     """Evaluate every prediction in a folder against the ground truth of the same name.
 
+    All arguments are keyword-only (``evaluate_folder(gt_dir=..., pred_dir=...,
+    out_dir=...)``), as in :func:`evaluate_volume`.
+
     Parameters
     ----------
-    pred_dir, gt_dir : path-like
+    gt_dir, pred_dir : path-like
         Folders of ``(Z, Y, X)`` label TIFFs; files are paired by name (the
         suffix ``.tif``/``.tiff`` may differ).  Every prediction needs a ground
         truth and every ground truth a prediction.
@@ -294,8 +300,8 @@ def evaluate_folder(
                     f"{probs_path}: has {probs.shape[0]} channel(s); 3 probability channels B, C, M are needed."
                 )
             check_same_shape(probs.shape[1:], gt.data.shape, probs_path, gt_path)
-        result = evaluate_volume(pred.data, gt.data, thresholds=thrs, probs=probs, mode=mode)
-        write_associations(assoc_dir, stem, result, pred.data, gt.data, spacing=gt.spacing, colour_map=colour_maps)
+        result = evaluate_volume(gt=gt.data, pred=pred.data, probs=probs, thresholds=thrs, mode=mode)
+        write_associations(assoc_dir, stem, result, gt=gt.data, pred=pred.data, spacing=gt.spacing, colour_map=colour_maps)
         rows += [{"image": pred_path.name, **r} for r in result.rows()]
         matches += result.matches
         ious.append(result.channel_iou)

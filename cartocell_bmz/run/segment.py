@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cartocell_bmz.errors import ConfigError, InputError
+from cartocell_bmz.errors import InputError
 
 
 @dataclass(frozen=True, repr=False)
@@ -48,16 +48,6 @@ class Segmentation:
 
     def __repr__(self) -> str:
         return f"Segmentation(shape={tuple(self.voronoi.shape)}, spacing={self.spacing}, cells={self.n_cells})"
-
-
-def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise ConfigError(f"spacing must be three numbers (z, y, x) in micrometres, got {spacing!r}.") from None
-    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ConfigError(f"spacing must be three positive numbers (z, y, x) in micrometres, got {spacing!r}.")
-    return values  # type: ignore[return-value]
 
 
 def segment(
@@ -101,6 +91,7 @@ def segment(
     Segmentation
     """
     from cartocell_bmz.core.postprocess import postprocess
+    from cartocell_bmz.core.spacing import check_spacing
     from cartocell_bmz.run.predictor import Predictor
 
     volume = np.asarray(volume)
@@ -110,7 +101,7 @@ def segment(
         raise InputError(f"segment needs a numeric volume, got type {volume.dtype}.")
     if volume.dtype.kind == "f" and not np.isfinite(volume).all():
         raise InputError("the volume holds NaN or infinite values; clean it first.")
-    spacing_t = _check_spacing(spacing)
+    spacing_t = check_spacing(spacing)
     if isinstance(model, Predictor):
         probs = model.predict(volume, progress=progress)
     else:

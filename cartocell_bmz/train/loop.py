@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from cartocell_bmz.core.metrics import binary_channel_iou
 from cartocell_bmz.train.augment import Augmentations, random_patch
 from cartocell_bmz.errors import ConfigError, InputError
 from cartocell_bmz.layout import CHANNELS, LABEL_DIR, RAW_DIR
@@ -429,23 +430,6 @@ def _loss(logits: "torch.Tensor", targets: "torch.Tensor", pos_weight: "torch.Te
     return per_voxel.mean(dim=(0, 2, 3, 4)).sum()
 
 
-def channel_iou(pred: np.ndarray, target: np.ndarray) -> list[float]:
-    """IoU of the positive class per channel of boolean ``(C, ...)`` arrays (1.0 when both empty).
-
-    Examples
-    --------
-    >>> p = np.array([[1, 1, 0, 0], [0, 0, 0, 0]], bool)
-    >>> t = np.array([[1, 0, 0, 0], [0, 0, 0, 0]], bool)
-    >>> channel_iou(p, t)
-    [0.5, 1.0]
-    """
-    out = []
-    for p, t in zip(pred, target):
-        union = int(np.count_nonzero(p | t))
-        out.append(1.0 if union == 0 else int(np.count_nonzero(p & t)) / union)
-    return out
-
-
 def _validate(net, volumes: list[_Volume], patch, div, device, pos_weight) -> tuple[float, list[float]]:
     import torch
 
@@ -459,7 +443,7 @@ def _validate(net, volumes: list[_Volume], patch, div, device, pos_weight) -> tu
             t = torch.from_numpy(vol.targets[None].astype(np.float32))
             lw = None if pos_weight is None else pos_weight.cpu()
             losses.append(float(_loss(torch.from_numpy(logits[None]), t, lw)))
-        ious.append(channel_iou(logits > 0, vol.targets.astype(bool)))
+        ious.append(binary_channel_iou(pred=logits > 0, target=vol.targets.astype(bool)))
     return float(np.mean(losses)), [float(v) for v in np.mean(ious, axis=0)]
 
 

@@ -63,7 +63,7 @@ def matching_evaluate(pred, gt, probs, thresholds):
         union = np.logical_or(p, target[i]).sum()
         ious[f"iou_{ch}"] = float(np.logical_and(p, target[i]).sum() / union) if union else 1.0
     rows = []
-    for r in match(gt, pred, thresholds):
+    for r in match(gt=gt, pred=pred, thresholds=thresholds):
         rows.append({k: getattr(r, k) for k in ("threshold", "tp", "fp", "fn", "n_true", "n_pred", "precision",
                                                 "recall", "accuracy", "f1", "mean_matched_score", "mean_true_score",
                                                 "panoptic_quality")} | ious)
@@ -88,7 +88,8 @@ def fake_models(*kinds: str) -> list[bm.BenchmarkModel]:
 @pytest.fixture(scope="module")
 def test_set(tmp_path_factory) -> Path:
     """Two tiny test cysts in x/ and y/."""
-    from cartocell_bmz.core.phantoms import PhantomConfig, make_dataset
+    from cartocell_bmz.core.phantoms import PhantomConfig
+    from cartocell_bmz.io.phantom_sets import make_dataset
 
     root = tmp_path_factory.mktemp("bench_data")
     make_dataset(root, PhantomConfig(seed=5, shape=(16, 48, 48), counts={"test": 2}))
@@ -349,7 +350,7 @@ def test_ranking_equals_predict_then_evaluate_one_model_at_a_time(tiny_packages,
     for pkg in tiny_packages:
         one = tmp_path / "one" / pkg.name
         predict_folder(str(pkg), test_set / "x", one, device="cpu", trust=True)
-        summary = evaluate_folder(one / VORONOI_DIR, test_set / "y", tmp_path / "eval" / pkg.name,
+        summary = evaluate_folder(gt_dir=test_set / "y", pred_dir=one / VORONOI_DIR, out_dir=tmp_path / "eval" / pkg.name,
                                   probs_dir=one / PROBS_DIR, colour_maps=False)
         row = next(r for r in res.ranking if r.model == pkg.name)
         by_image = summary["by_image"]

@@ -54,7 +54,7 @@ def test_writes_instances_and_voronoi_with_names_and_spacing(tmp_path, probs_dir
         probs = read_volume(probs_dir / name, kind="probabilities")
         ref_inst, ref_vor = postprocess(probs.data, spacing=probs.spacing)
         assert np.array_equal(inst.data, ref_inst) and np.array_equal(vor.data, ref_vor)
-        assert match(cyst.labels, vor.data, thresholds=(0.5,))[0].f1 >= 0.96
+        assert match(gt=cyst.labels, pred=vor.data, thresholds=(0.5,))[0].f1 >= 0.96
         assert f"{name}: {int(ref_inst.max())} cells after watershed" in r.output
 
 

@@ -97,7 +97,7 @@ def test_equals_stardist_on_random_pairs(seed, shape, n_cells):
     pred = perturb(rng, gt)
     if rng.random() < 0.5:
         gt, pred = gt.astype(np.uint16), pred.astype(np.uint32)
-    assert_same_as_stardist(match(gt, pred, THRESHOLDS), gt, pred)
+    assert_same_as_stardist(match(gt=gt, pred=pred, thresholds=THRESHOLDS), gt, pred)
 
 
 @pytest.mark.parametrize("seed", range(60))
@@ -106,7 +106,7 @@ def test_equals_stardist_on_seeded_cell_layers(seed):
     rng = np.random.default_rng(1000 + seed)
     gt = random_labels(rng, (12, 24, 24), int(rng.integers(20, 80)), background=0.4)
     pred = perturb(rng, gt)
-    assert_same_as_stardist(match(gt, pred, THRESHOLDS), gt, pred)
+    assert_same_as_stardist(match(gt=gt, pred=pred, thresholds=THRESHOLDS), gt, pred)
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -118,7 +118,7 @@ def test_sparse_code_paths_equal_stardist(seed, monkeypatch):
     rng = np.random.default_rng(5000 + seed)
     gt = random_labels(rng, (8, 16, 16), int(rng.integers(2, 40)))
     pred = perturb(rng, gt)
-    ours = match(gt, pred, THRESHOLDS)
+    ours = match(gt=gt, pred=pred, thresholds=THRESHOLDS)
     # ties between equally good assignments may be broken differently per group,
     # so compare the figures, not which of two equal pairs was chosen
     assert_same_as_stardist(ours, gt, pred, check_pairs=False)
@@ -131,7 +131,7 @@ def test_empty_volumes_follow_stardist(which):
     empty = np.zeros_like(lab)
     gt = empty if which in ("gt", "both") else lab
     pred = empty if which in ("pred", "both") else lab
-    ours = match(gt, pred, THRESHOLDS)
+    ours = match(gt=gt, pred=pred, thresholds=THRESHOLDS)
     assert_same_as_stardist(ours, gt, pred)
     r = ours[0]
     assert r.tp == 0 and r.precision == r.recall == r.f1 == r.panoptic_quality == 0.0
@@ -144,7 +144,7 @@ def test_empty_volumes_follow_stardist(which):
 
 
 def test_zero_size_arrays():
-    r = match(np.zeros((0, 4, 4), np.uint16), np.zeros((0, 4, 4), np.uint16), (0.5,))[0]
+    r = match(gt=np.zeros((0, 4, 4), np.uint16), pred=np.zeros((0, 4, 4), np.uint16), thresholds=(0.5,))[0]
     assert (r.tp, r.fp, r.fn, r.n_true, r.n_pred, r.f1) == (0, 0, 0, 0, 0, 0.0)
 
 
@@ -162,7 +162,7 @@ def test_very_large_ids_equal_stardist_on_sequential_copy(big):
         return ids[np.searchsorted(uniq, lab)], dict(zip(ids.tolist(), uniq.tolist()))
     gt_big, back_gt = huge(gt)
     pred_big, back_pred = huge(pred)
-    ours = match(gt_big, pred_big, THRESHOLDS)
+    ours = match(gt=gt_big, pred=pred_big, thresholds=THRESHOLDS)
     ref = stardist_matching.matching(gt, pred, thresh=list(THRESHOLDS), report_matches=True)
     for o, r in zip(ours, ref):
         for name in FIGURES[1:]:
@@ -181,7 +181,7 @@ def test_large_ids_do_not_allocate_by_max_id():
     gt[:, 4:] = 2**62 - 1
     pred = gt.copy()
     tracemalloc.start()
-    r = match(gt, pred, (0.5,))[0]
+    r = match(gt=gt, pred=pred, thresholds=(0.5,))[0]
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert (r.tp, r.fp, r.fn) == (2, 0, 0)
@@ -196,7 +196,7 @@ def test_cube_shifted_by_one_voxel_has_iou_three_fifths():
     gt = np.zeros((10, 10, 10), np.uint16)
     gt[2:6, 2:6, 2:6] = 4  # 64 voxels
     pred = np.roll(gt, 1, axis=0) * 2  # id 8, shares 48 voxels: IoU 48 / 80
-    low, high = match(gt, pred, (0.5, 0.75))
+    low, high = match(gt=gt, pred=pred, thresholds=(0.5, 0.75))
     assert low.pairs() == [(4, 8, pytest.approx(0.6, abs=1e-7))]
     assert (low.tp, low.fp, low.fn, low.precision, low.recall, low.f1) == (1, 0, 0, 1.0, 1.0, 1.0)
     assert low.mean_matched_score == pytest.approx(0.6, abs=1e-7)
@@ -211,14 +211,14 @@ def test_merge_and_split_known_figures():
     gt[:, :, :10] = 1
     gt[:, :, 10:] = 2
     merged = (gt > 0).astype(np.uint8) * 5  # one prediction covering both: IoU 1/2 with each
-    r3, r5, r6 = match(gt, merged, (0.3, 0.5, 0.6))
+    r3, r5, r6 = match(gt=gt, pred=merged, thresholds=(0.3, 0.5, 0.6))
     assert (r3.tp, r3.fp, r3.fn) == (1, 0, 1)
     assert r3.tp_true_ids.tolist() == [1]  # equal IoUs: the first ground-truth object wins
     assert r5.tp == 1 and r5.mean_true_score == pytest.approx(0.25)
     assert r5.panoptic_quality == pytest.approx(0.5 / 1.5)
     assert (r6.tp, r6.fp, r6.fn) == (0, 1, 2)
     # the other way round: one ground-truth object split in two predictions
-    s5 = match(merged, gt, (0.5,))[0]
+    s5 = match(gt=merged, pred=gt, thresholds=(0.5,))[0]
     assert (s5.tp, s5.fp, s5.fn, s5.accuracy) == (1, 1, 0, 0.5)
 
 
@@ -230,7 +230,7 @@ def test_assignment_maximises_matches_not_greedy_iou():
     pred = np.zeros_like(gt)
     pred[0, 0, 0:6] = 7  # IoU with gt 1: 6/10
     pred[0, 0, 6:16] = 8  # IoU with gt 1: 4/16, with gt 2: 6/10
-    r = match(gt, pred, (0.25,))[0]
+    r = match(gt=gt, pred=pred, thresholds=(0.25,))[0]
     assert r.pairs() == [(1, 7, pytest.approx(0.6)), (2, 8, pytest.approx(0.6))]
     assert_same_as_stardist([r], gt, pred, thresholds=(0.25,))
 
@@ -238,7 +238,7 @@ def test_assignment_maximises_matches_not_greedy_iou():
 def test_result_row_and_printing():
     gt = np.zeros((2, 6, 6), np.uint16)
     gt[:, :3] = 1
-    r = match(gt, gt, 0.5)[0]
+    r = match(gt=gt, pred=gt, thresholds=0.5)[0]
     assert list(r.as_row()) == list(FIGURES)
     assert r.as_row()["f1"] == 1.0 and r.as_row()["threshold"] == 0.5
     assert "TP 1, FP 0, FN 0" in str(r)
@@ -248,7 +248,7 @@ def test_result_row_and_printing():
 def test_overlap_counts():
     gt = np.array([[[0, 1, 1, 2, 2, 0]]], np.uint16)
     pred = np.array([[[3, 3, 1, 1, 0, 0]]], np.uint16)
-    ov = overlap(gt, pred)
+    ov = overlap(gt=gt, pred=pred)
     assert ov.true_ids.tolist() == [1, 2] and ov.pred_ids.tolist() == [1, 3]
     assert ov.true_sizes.tolist() == [2, 2] and ov.pred_sizes.tolist() == [2, 2]
     m = ov.iou_matrix()
@@ -261,20 +261,20 @@ def test_overlap_counts():
 def test_bad_inputs_give_one_line_errors():
     a = np.zeros((4, 4, 4), np.uint16)
     with pytest.raises(InputError, match="shape"):
-        match(a, np.zeros((4, 4, 5), np.uint16))
+        match(gt=a, pred=np.zeros((4, 4, 5), np.uint16))
     with pytest.raises(InputError, match="integers"):
-        match(a, a.astype(np.float32))
+        match(gt=a, pred=a.astype(np.float32))
     with pytest.raises(InputError, match="negative"):
-        match(a.astype(np.int32) - 1, a)
+        match(gt=a.astype(np.int32) - 1, pred=a)
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ConfigError, match="outside"):
-            match(a, a, (0.5, bad))
+            match(gt=a, pred=a, thresholds=(0.5, bad))
     with pytest.raises(ConfigError, match="at least one"):
-        match(a, a, ())
+        match(gt=a, pred=a, thresholds=())
     with pytest.raises(ConfigError, match="numbers"):
-        match(a, a, ("x",))
+        match(gt=a, pred=a, thresholds=("x",))
     for exc in (InputError, ConfigError):
         try:
-            match(a, a.astype(np.float32)) if exc is InputError else match(a, a, (2,))
+            match(gt=a, pred=a.astype(np.float32)) if exc is InputError else match(gt=a, pred=a, thresholds=(2,))
         except exc as e:
             assert "\n" not in str(e)

@@ -26,7 +26,7 @@ def two_cells() -> np.ndarray:
 def test_perfect_probabilities_score_one():
     lab = two_cells()
     probs = make_targets(lab).astype(np.float32) * 0.9
-    assert channel_iou(probs, lab) == {"B": 1.0, "C": 1.0, "M": 1.0}
+    assert channel_iou(probs=probs, gt=lab) == {"B": 1.0, "C": 1.0, "M": 1.0}
 
 
 def test_known_iou_after_removing_and_adding_voxels():
@@ -41,7 +41,7 @@ def test_known_iou_after_removing_and_adding_voxels():
     probs[0][tuple(off.T)] = 0.8
     # C: predict nothing at all
     probs[1] = 0.0
-    got = channel_iou(probs, lab)
+    got = channel_iou(probs=probs, gt=lab)
     assert got["B"] == pytest.approx((n_b - 10) / (n_b + 5), abs=1e-15)
     assert got["C"] == 0.0
     assert got["M"] == 1.0
@@ -50,16 +50,16 @@ def test_known_iou_after_removing_and_adding_voxels():
 def test_threshold_is_strictly_greater_than_half():
     lab = two_cells()
     t = make_targets(lab).astype(np.float32)
-    assert channel_iou(t * 0.5, lab) == {"B": 0.0, "C": 0.0, "M": 0.0}
-    assert channel_iou(t * 0.5, lab, threshold=0.4)["B"] == 1.0
+    assert channel_iou(probs=t * 0.5, gt=lab) == {"B": 0.0, "C": 0.0, "M": 0.0}
+    assert channel_iou(probs=t * 0.5, gt=lab, threshold=0.4)["B"] == 1.0
 
 
 def test_both_empty_is_one_and_empty_target_with_prediction_is_zero():
     lab = np.zeros((4, 8, 8), np.uint16)
     probs = np.zeros((3, 4, 8, 8), np.float32)
-    assert channel_iou(probs, lab) == {"B": IOU_BOTH_EMPTY, "C": IOU_BOTH_EMPTY, "M": IOU_BOTH_EMPTY}
+    assert channel_iou(probs=probs, gt=lab) == {"B": IOU_BOTH_EMPTY, "C": IOU_BOTH_EMPTY, "M": IOU_BOTH_EMPTY}
     probs[2, 0, 0, 0] = 0.9
-    assert channel_iou(probs, lab)["M"] == 0.0
+    assert channel_iou(probs=probs, gt=lab)["M"] == 0.0
 
 
 def test_target_mode_is_used():
@@ -68,17 +68,17 @@ def test_target_mode_is_used():
     b_old = int(make_targets(lab, mode="cartocell")[0].sum())
     b_new = int(make_targets(lab, mode="biapy37")[0].sum())
     # cartocell B (cells minus contours) is a subset of biapy37 B (cells)
-    assert channel_iou(probs, lab, mode="biapy37")["B"] == pytest.approx(b_old / b_new)
+    assert channel_iou(probs=probs, gt=lab, mode="biapy37")["B"] == pytest.approx(b_old / b_new)
     with pytest.raises(ConfigError):
-        channel_iou(probs, lab, mode="nonsense")
+        channel_iou(probs=probs, gt=lab, mode="nonsense")
 
 
 def test_channel_iou_shape_errors():
     lab = two_cells()
     with pytest.raises(InputError, match=r"\(3, Z, Y, X\)"):
-        channel_iou(np.zeros((2,) + lab.shape, np.float32), lab)
+        channel_iou(probs=np.zeros((2,) + lab.shape, np.float32), gt=lab)
     with pytest.raises(InputError, match="differs"):
-        channel_iou(np.zeros((3, 6, 12, 11), np.float32), lab)
+        channel_iou(probs=np.zeros((3, 6, 12, 11), np.float32), gt=lab)
 
 
 def test_mean_channel_iou():
@@ -111,7 +111,7 @@ def random_pairs(n: int, seed: int = 0):
 def test_aggregate_equals_stardist_matching_dataset(by_image):
     sd = pytest.importorskip("stardist.matching")
     pairs = random_pairs(12)
-    rows = [r for gt, pred in pairs for r in match(gt, pred, THRESHOLDS)]
+    rows = [r for gt, pred in pairs for r in match(gt=gt, pred=pred, thresholds=THRESHOLDS)]
     ours = aggregate(rows, "image" if by_image else "pooled")
     ref = sd.matching_dataset([p[0] for p in pairs], [p[1] for p in pairs], thresh=list(THRESHOLDS),
                               by_image=by_image, show_progress=False)
@@ -146,7 +146,7 @@ def test_aggregate_known_values_and_csv_strings():
 
 def test_aggregate_rows_from_results_and_dicts_agree():
     pairs = random_pairs(5, seed=3)
-    results = [r for gt, pred in pairs for r in match(gt, pred, THRESHOLDS)]
+    results = [r for gt, pred in pairs for r in match(gt=gt, pred=pred, thresholds=THRESHOLDS)]
     dicts = [r.as_row() for r in results]
     assert aggregate(results, "image") == aggregate(dicts, "image")
     for thr in THRESHOLDS:
@@ -162,3 +162,23 @@ def test_aggregate_errors():
     with pytest.raises(InputError, match="non-numeric"):
         aggregate([{**{k: 1 for k in FIGURES}, "tp": "many"}])
     assert aggregate([]) == {}
+
+
+def test_binary_channel_iou():
+    from cartocell_bmz.core.metrics import binary_channel_iou
+
+    pred = np.zeros((3, 2, 4), bool)
+    target = np.zeros((3, 2, 4), bool)
+    pred[0, 0, :2] = target[0, 0, :1] = True      # 1 of 2
+    pred[1] = target[1] = True                    # equal
+    assert binary_channel_iou(pred=pred, target=target) == [0.5, 1.0, IOU_BOTH_EMPTY]
+    with pytest.raises(TypeError):
+        binary_channel_iou(pred, target)  # type: ignore[misc]
+
+
+def test_gt_and_prediction_are_keyword_only():
+    lab = np.zeros((2, 3, 4), np.uint16)
+    with pytest.raises(TypeError):
+        channel_iou(np.zeros((3, 2, 3, 4), np.float32), lab)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        match(lab, lab)  # type: ignore[misc]

@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from cartocell_bmz.core.phantoms import STAGES, PhantomConfig, make_cyst, make_dataset
-from cartocell_bmz.io.volumes import read_volume
+from cartocell_bmz.core.phantoms import STAGES, make_cyst
 
 
 def _check_cyst_labels(labels: np.ndarray) -> None:
@@ -98,24 +95,3 @@ def test_make_cyst_rejects_bad_arguments():
         make_cyst(stage="day99")
     with pytest.raises(ValueError, match="shape"):
         make_cyst((4, 48, 48))
-
-
-def _digest(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def test_dataset_layout_is_deterministic_and_carries_spacing(tmp_path):
-    cfg = PhantomConfig(seed=1, shape=(16, 48, 48), counts={"train_M1": 1, "validation": 1, "train_M2": 2, "test": 1})
-    first = make_dataset(tmp_path / "a", cfg, preview=True)
-    make_dataset(tmp_path / "b", cfg)
-    for split in ("train_M1", "validation", "train_M2", "test"):
-        for label_path in first[split]:
-            twin = tmp_path / "b" / split / "y" / label_path.name
-            assert _digest(label_path) == _digest(twin)
-            raw_path = tmp_path / "a" / split / "x" / label_path.name
-            assert raw_path.exists()
-            vol = read_volume(label_path, "labels")
-            assert vol.spacing_known and vol.spacing == (1.0, 0.5, 0.5)
-            assert read_volume(raw_path).data.shape == vol.data.shape
-    assert len(list((tmp_path / "a" / "previews").glob("*.png"))) == 5
-    assert (tmp_path / "a" / "dataset.json").exists()

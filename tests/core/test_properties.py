@@ -228,7 +228,7 @@ def test_matching_invariants(case, seed):
     rng = np.random.default_rng(seed)
     pred = _perturbed(rng, gt) if rng.random() < 0.8 else np.zeros_like(gt)
     n_true, n_pred = len(np.unique(gt[gt > 0])), len(np.unique(pred[pred > 0]))
-    results = match(gt, pred, THRESHOLDS)
+    results = match(gt=gt, pred=pred, thresholds=THRESHOLDS)
 
     for r in results:
         assert (r.n_true, r.n_pred) == (n_true, n_pred)
@@ -238,12 +238,12 @@ def test_matching_invariants(case, seed):
     assert [r.tp for r in results] == sorted((r.tp for r in results), reverse=True)  # stricter, fewer matches
 
     # a volume against itself: every object matched with IoU 1 (none: every figure 0, as StarDist)
-    for r in match(gt, gt, THRESHOLDS):
+    for r in match(gt=gt, pred=gt, thresholds=THRESHOLDS):
         assert (r.tp, r.fp, r.fn) == (n_true, 0, 0)
         want = 1.0 if n_true else 0.0
         assert r.f1 == r.panoptic_quality == r.mean_true_score == want
     # swapping prediction and truth swaps FP and FN, precision and recall; the rest is the same
-    for a, b in zip(results, match(pred, gt, THRESHOLDS)):
+    for a, b in zip(results, match(gt=pred, pred=gt, thresholds=THRESHOLDS)):
         assert (a.tp, a.fp, a.fn) == (b.tp, b.fn, b.fp)
         assert a.precision == pytest.approx(b.recall) and a.recall == pytest.approx(b.precision)
         for f in ("accuracy", "f1", "mean_matched_score", "panoptic_quality"):
@@ -253,7 +253,7 @@ def test_matching_invariants(case, seed):
     new = np.zeros(ids.size, np.int64)
     new[ids > 0] = rng.permutation(np.arange(1, 3 * ids.size + 3))[: (ids > 0).sum()] * 7
     renamed = new[np.searchsorted(ids, pred)]
-    assert _figures(match(gt, renamed, THRESHOLDS)) == _figures(results)
+    assert _figures(match(gt=gt, pred=renamed, thresholds=THRESHOLDS)) == _figures(results)
     # the degenerate volumes
     if kind == "no_cell":
         assert all(r.tp == 0 and r.fn == 0 and r.f1 == 0.0 for r in results)
@@ -273,7 +273,7 @@ def test_copies_of_one_image_aggregate_to_its_own_figures(case, seed, copies):
     """Pooling or averaging k copies of an image gives that image's figures and k times its counts."""
     _, gt = case
     pred = _perturbed(np.random.default_rng(seed), gt)
-    results = match(gt, pred, THRESHOLDS)
+    results = match(gt=gt, pred=pred, thresholds=THRESHOLDS)
     for by in ("image", "pooled"):
         agg = aggregate(results * copies, by=by)
         for r in results:
@@ -291,5 +291,5 @@ def test_channel_iou_of_the_targets_is_one_and_of_their_complement_is_zero(case,
     _, lab = case
     targets = make_targets(lab) > 0
     probs = np.where(targets, 0.5 + margin, 0.5 - margin).astype(np.float32)
-    assert channel_iou(probs, lab) == {"B": 1.0, "C": 1.0, "M": 1.0}
-    assert channel_iou(1.0 - probs, lab) == {"B": 0.0, "C": 0.0, "M": 0.0}
+    assert channel_iou(probs=probs, gt=lab) == {"B": 1.0, "C": 1.0, "M": 1.0}
+    assert channel_iou(probs=1.0 - probs, gt=lab) == {"B": 0.0, "C": 0.0, "M": 0.0}

@@ -64,7 +64,7 @@ def read_csv(path):
 
 def test_evaluate_folder_writes_exact_figures(folders):
     out = folders / "out"
-    summary = evaluate_folder(folders / "pred", folders / "gt", out, probs_dir=folders / "probs",
+    summary = evaluate_folder(pred_dir=folders / "pred", gt_dir=folders / "gt", out_dir=out, probs_dir=folders / "probs",
                               thresholds=(0.5, 0.75))
     rows = read_csv(out / "metrics_per_image.csv")
     with open(out / "metrics_per_image.csv") as f:
@@ -105,7 +105,7 @@ def test_evaluate_folder_writes_exact_figures(folders):
 
 def test_association_files(folders):
     out = folders / "out"
-    evaluate_folder(folders / "pred", folders / "gt", out, thresholds=(0.5, 0.75))
+    evaluate_folder(pred_dir=folders / "pred", gt_dir=folders / "gt", out_dir=out, thresholds=(0.5, 0.75))
     assoc = out / "instance_associations"
     names = sorted(p.name for p in assoc.iterdir())
     assert names == sorted(f"{s}_iou{t}_{kind}" for s in "ab" for t in ("0.5", "0.75")
@@ -137,7 +137,7 @@ def test_association_files(folders):
 
 def test_pooled_summary_and_no_colour_maps(folders):
     out = folders / "out"
-    summary = evaluate_folder(folders / "pred", folders / "gt", out, thresholds=0.5, by="pooled", colour_maps=False)
+    summary = evaluate_folder(pred_dir=folders / "pred", gt_dir=folders / "gt", out_dir=out, thresholds=0.5, by="pooled", colour_maps=False)
     assert summary["dataset"] == summary["pooled"] and summary["by"] == "pooled"
     assert summary["channel_iou"] is None
     with open(out / "metrics_per_image.csv") as f:
@@ -147,12 +147,26 @@ def test_pooled_summary_and_no_colour_maps(folders):
 
 def test_evaluate_volume_and_write_associations(tmp_path):
     gt, pred = image_a()
-    result = evaluate_volume(pred, gt, thresholds=(0.5,), probs=make_targets(gt).astype(np.float32))
+    result = evaluate_volume(pred=pred, gt=gt, thresholds=(0.5,), probs=make_targets(gt).astype(np.float32))
     assert result.rows() == [{**result.matches[0].as_row(), "iou_B": 1.0, "iou_C": 1.0, "iou_M": 1.0}]
     assert "TP 1, FP 1, FN 1" in str(result) and "channel IoU" in str(result)
-    files = write_associations(tmp_path / "assoc", "a.tif", result, pred, gt, spacing=SPACING)
+    files = write_associations(tmp_path / "assoc", "a.tif", result, pred=pred, gt=gt, spacing=SPACING)
     assert [p.name for p in files] == ["a_iou0.5_associations.csv", "a_iou0.5_fp.csv", "a_iou0.5_tp_fp_fn.tif"]
     assert all(p.exists() for p in files)
+
+
+def test_ground_truth_and_prediction_are_keyword_only():
+    """The argument-order trap is closed: positional volumes are refused, names decide the roles."""
+    gt, pred = image_a()
+    with pytest.raises(TypeError):
+        evaluate_volume(gt, pred)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        evaluate_folder("pred", "gt", "out")  # type: ignore[misc]
+    right = evaluate_volume(gt=gt, pred=pred, thresholds=(0.5,)).matches[0]
+    again = evaluate_volume(pred=pred, gt=gt, thresholds=(0.5,)).matches[0]
+    swapped = evaluate_volume(gt=pred, pred=gt, thresholds=(0.5,)).matches[0]
+    assert right.as_row() == again.as_row()
+    assert (swapped.fp, swapped.fn, swapped.n_true) == (right.fn, right.fp, right.n_pred)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -165,46 +179,46 @@ def one_line(exc):
 def test_prediction_without_ground_truth(folders):
     write_volume(folders / "pred" / "c.tif", np.zeros((6, 12, 12), np.uint16))
     with pytest.raises(InputError, match=r"c\.tif: no ground truth") as exc:
-        evaluate_folder(folders / "pred", folders / "gt", folders / "out")
+        evaluate_folder(pred_dir=folders / "pred", gt_dir=folders / "gt", out_dir=folders / "out")
     assert one_line(exc)
 
 
 def test_ground_truth_without_prediction(folders):
     (folders / "pred" / "b.tif").unlink()
     with pytest.raises(InputError, match=r"b\.tif: no prediction") as exc:
-        evaluate_folder(folders / "pred", folders / "gt", folders / "out")
+        evaluate_folder(pred_dir=folders / "pred", gt_dir=folders / "gt", out_dir=folders / "out")
     assert one_line(exc)
 
 
 def test_shape_mismatch_names_the_file(folders):
     write_volume(folders / "pred" / "b.tif", np.zeros((6, 12, 11), np.uint16))
     with pytest.raises(InputError, match=r"b\.tif.*shape") as exc:
-        evaluate_folder(folders / "pred", folders / "gt", folders / "out")
+        evaluate_folder(pred_dir=folders / "pred", gt_dir=folders / "gt", out_dir=folders / "out")
     assert one_line(exc)
 
 
 def test_probability_errors(folders):
     (folders / "probs" / "a.tif").unlink()
     with pytest.raises(InputError, match="no probability volume"):
-        evaluate_folder(folders / "pred", folders / "gt", folders / "out", probs_dir=folders / "probs")
+        evaluate_folder(pred_dir=folders / "pred", gt_dir=folders / "gt", out_dir=folders / "out", probs_dir=folders / "probs")
     write_volume(folders / "probs" / "a.tif", np.zeros((2, 6, 12, 12), np.float32))
     with pytest.raises(InputError, match=r"a\.tif: has 2 channel"):
-        evaluate_folder(folders / "pred", folders / "gt", folders / "out", probs_dir=folders / "probs")
+        evaluate_folder(pred_dir=folders / "pred", gt_dir=folders / "gt", out_dir=folders / "out", probs_dir=folders / "probs")
 
 
 def test_bad_folders_and_options(folders, tmp_path):
     with pytest.raises(InputError, match="folder not found"):
-        evaluate_folder(tmp_path / "nope", folders / "gt", folders / "out")
+        evaluate_folder(pred_dir=tmp_path / "nope", gt_dir=folders / "gt", out_dir=folders / "out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no TIFF"):
-        evaluate_folder(tmp_path / "empty", folders / "gt", folders / "out")
+        evaluate_folder(pred_dir=tmp_path / "empty", gt_dir=folders / "gt", out_dir=folders / "out")
     with pytest.raises(ConfigError, match="outside"):
-        evaluate_folder(folders / "pred", folders / "gt", folders / "out", thresholds=(0.5, 3))
+        evaluate_folder(pred_dir=folders / "pred", gt_dir=folders / "gt", out_dir=folders / "out", thresholds=(0.5, 3))
     with pytest.raises(ConfigError, match="pooled"):
-        evaluate_folder(folders / "pred", folders / "gt", folders / "out", by="sum")
+        evaluate_folder(pred_dir=folders / "pred", gt_dir=folders / "gt", out_dir=folders / "out", by="sum")
     write_volume(folders / "gt" / "b.tiff", np.zeros((6, 12, 12), np.uint16))
     with pytest.raises(InputError, match="two files named b"):
-        evaluate_folder(folders / "pred", folders / "gt", folders / "out")
+        evaluate_folder(pred_dir=folders / "pred", gt_dir=folders / "gt", out_dir=folders / "out")
 
 
 # --------------------------------------------------------------------------- CLI

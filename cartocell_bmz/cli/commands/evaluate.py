@@ -39,7 +39,7 @@ def command(
 
     thrs = _parse_thresholds((thresholds or []) + (more_thresholds or [])) or DEFAULT_IOU_THRESHOLDS
     summary = evaluate_folder(
-        pred, gt, out, probs_dir=probs, thresholds=thrs, by="pooled" if pooled else "image",
+        gt_dir=gt, pred_dir=pred, out_dir=out, probs_dir=probs, thresholds=thrs, by="pooled" if pooled else "image",
         colour_maps=colour_maps, show_progress=True,
     )
     _print_summary(summary, out)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import typer
 
@@ -29,18 +30,34 @@ def command(
     Writes OUT/{train_M1,validation,train_M2,test}/{x,y}/ (raw membrane images and
     uint16 instance labels with their voxel size). Deterministic for a given seed.
     """
+    from cartocell_bmz.core.phantoms import PhantomConfig
+    from cartocell_bmz.core.spacing import check_spacing
     from cartocell_bmz.errors import ConfigError
-    from cartocell_bmz.core.phantoms import PhantomConfig, make_dataset
+    from cartocell_bmz.io.phantom_sets import make_dataset
 
-    shape_t, spacing_t = tuple(shape), tuple(spacing)
+    shape_t = tuple(shape)
     if len(shape_t) != 3 or min(shape_t) < 8:
         raise ConfigError(f"--shape needs three sizes Z Y X of at least 8 voxels, got {list(shape_t)}.")
-    if len(spacing_t) != 3 or min(spacing_t) <= 0:
-        raise ConfigError(f"--spacing needs three positive sizes Z Y X, got {list(spacing_t)}.")
+    spacing_t = check_spacing(spacing, name="--spacing")
     config = PhantomConfig(
         seed=seed, shape=shape_t, spacing=spacing_t, max_cells=max_cells,
         counts={"train_M1": n_train_m1, "validation": n_validation, "train_M2": n_train_m2, "test": n_test},
     )
-    written = make_dataset(out, config, preview=preview, show_progress=True)
+    with _progress_bar("phantoms") as progress:
+        written = make_dataset(out, config, preview=preview, progress=progress)
     total = sum(len(v) for v in written.values())
     typer.echo(f"wrote {total} synthetic cysts to {out} ({', '.join(f'{k}: {len(v)}' for k, v in written.items())})")
+
+
+@contextlib.contextmanager
+def _progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A transient rich bar, driven by a ``progress(done, total)`` callback."""
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(what, total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield progress

@@ -40,6 +40,7 @@ def command(
     from cartocell_bmz.errors import ConfigError, InputError
     from cartocell_bmz.layout import INSTANCES_DIR, VORONOI_DIR
     from cartocell_bmz.core.postprocess import LEGACY_THRESHOLDS, PostprocessConfig, check_hole_size, check_threshold, postprocess
+    from cartocell_bmz.core.spacing import check_spacing
     from cartocell_bmz.io.volumes import ensure_output_dir, list_volumes, read_volume, write_volume
 
     fallback = LEGACY_THRESHOLDS if legacy else ("auto", "auto", "auto")
@@ -56,8 +57,8 @@ def command(
         )
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("max_hole_size", "--max-hole-size", 1)) from None
-    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
-        raise ConfigError(f"--spacing needs three positive sizes Z Y X in micrometres, got {list(spacing)}.")
+    if spacing is not None:
+        check_spacing(spacing, name="--spacing")
 
     files = list_volumes(probs, what="probability volumes")
     inst_dir = ensure_output_dir(Path(out) / INSTANCES_DIR)
