@@ -359,7 +359,12 @@ def _nearest_by_tree(cells_flat, comp_flat, points, shape, spacing) -> np.ndarra
 
 
 def _clear_border(labels: np.ndarray) -> None:
-    """Set to 0 (in place) every label that touches a face of the volume."""
+    """Set to 0 (in place) every label that touches a face of the volume.
+
+    The same as ``skimage.segmentation.clear_border(labels, buffer_size=0)`` for cells
+    in one piece, but by label: a cell with any piece on the border goes whole.  Kept
+    because it is measured 6.6x faster with 1/11 of the memory (benchmarks/README.md).
+    """
     faces = np.concatenate([
         labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(), labels[:, -1].ravel(),
         labels[:, :, 0].ravel(), labels[:, :, -1].ravel(),
