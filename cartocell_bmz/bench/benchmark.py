@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from cartocell_bmz.errors import CartoCellError, ConfigError, InputError, ModelError
+from cartocell_bmz.io.progress import ProgressCallback, report
 from cartocell_bmz.layout import (
     DEFAULT_IOU_THRESHOLDS,
     INSTANCES_DIR,
@@ -490,19 +491,12 @@ def _available_memory_gb() -> float | None:
         return None
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled or total == 0:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   transient=True)
-    return bar
-
-
 def execute(tasks: Sequence[Task], plan: Plan, task_fn: Callable[[Task], dict] = run_task, *,
-            show_progress: bool = False) -> list[dict]:
+            progress: ProgressCallback | None = None) -> list[dict]:
     """Run the tasks with the planned scheduler; return their small result dictionaries.
+
+    ``progress(done, total, message)`` (:mod:`cartocell_bmz.io.progress`) hears of each
+    finished task, ``"<model> / <image>"``, in the order they finish.
 
     Raises
     ------
@@ -513,16 +507,12 @@ def execute(tasks: Sequence[Task], plan: Plan, task_fn: Callable[[Task], dict] =
     CartoCellError
         The first task that failed with an expected error (the others are cancelled).
     """
-    bar = _progress(len(tasks), show_progress)
     results: list[dict] = []
     if plan.scheduler == "sync":
-        ctx = bar or _Null()
-        with ctx:
-            handle = bar.add_task("benchmark", total=len(tasks)) if bar else None
-            for task in tasks:
-                results.append(task_fn(task))
-                if bar:
-                    bar.update(handle, advance=1, description=f"{task.model.name} / {task.image.name}")
+        report(progress, 0, len(tasks), "benchmark")
+        for task in tasks:
+            results.append(task_fn(task))
+            report(progress, len(results), len(tasks), f"{task.model.name} / {task.image.name}")
         return results
 
     from distributed import Client, as_completed
@@ -544,38 +534,27 @@ def execute(tasks: Sequence[Task], plan: Plan, task_fn: Callable[[Task], dict] =
         with client:
             futures = client.map(task_fn, list(tasks), pure=False, key=[_task_key(t) for t in tasks])
             by_key = {f.key: t for f, t in zip(futures, tasks)}
-            ctx = bar or _Null()
-            with ctx:
-                handle = bar.add_task("benchmark", total=len(tasks)) if bar else None
-                for fut in as_completed(futures):
-                    task = by_key[fut.key]
-                    try:
-                        results.append(fut.result())
-                    except CartoCellError:
-                        client.cancel(futures)
-                        raise
-                    except Exception as exc:
-                        client.cancel(futures)
-                        if type(exc).__name__ == "KilledWorker":
-                            raise BenchmarkError(
-                                f"a Dask worker died running {task.model.name} on {task.image.name} "
-                                "(out of memory?); rerun with fewer --workers.") from None
-                        raise
-                    if bar:
-                        bar.update(handle, advance=1, description=f"{task.model.name} / {task.image.name}")
+            report(progress, 0, len(tasks), "benchmark")
+            for fut in as_completed(futures):
+                task = by_key[fut.key]
+                try:
+                    results.append(fut.result())
+                except CartoCellError:
+                    client.cancel(futures)
+                    raise
+                except Exception as exc:
+                    client.cancel(futures)
+                    if type(exc).__name__ == "KilledWorker":
+                        raise BenchmarkError(
+                            f"a Dask worker died running {task.model.name} on {task.image.name} "
+                            "(out of memory?); rerun with fewer --workers.") from None
+                    raise
+                report(progress, len(results), len(tasks), f"{task.model.name} / {task.image.name}")
     finally:
         if cluster is not None:
             cluster.close()
     order = {(t.model.name, t.image.name): i for i, t in enumerate(tasks)}
     return sorted(results, key=lambda r: order[(r["model"], r["image"])])
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _task_key(task: Task) -> str:
@@ -599,7 +578,7 @@ def run_benchmark(
     thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
     task_fn: Callable[[Task], dict] = run_task,
     resolver: Callable | None = None,
-    show_progress: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> BenchmarkResult:
     """Rank models on a test set; write tables, plots and the HTML report into ``out``.
 
@@ -631,8 +610,9 @@ def run_benchmark(
         process workers).
     resolver : callable, optional
         ``value -> resolved model`` (default :func:`cartocell_bmz.bmz.resolve.resolve_model`).
-    show_progress : bool
-        Show a progress bar.
+    progress : callable, optional
+        ``progress(done, total, message)`` over the tasks that are computed
+        (:mod:`cartocell_bmz.io.progress`; finished tasks are reused without a report).
 
     Returns
     -------
@@ -659,10 +639,9 @@ def run_benchmark(
     images = [BenchImage(im.name, im.raw, im.gt, _image_fingerprint(im)) for im in images]
     _check_out_names(out, bench_models, test_dir)
 
-    if str(device).strip().lower() == "auto":
-        import torch
+    from cartocell_bmz.run.device import resolve_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device))  # "auto" -> cuda when available; a device not here fails now
     tasks = []
     for model in bench_models:
         model_out = ensure_output_dir(out / model.name)
@@ -676,7 +655,7 @@ def run_benchmark(
     todo = [t for i, t in enumerate(tasks) if i not in done]
     plan = plan_workers(scheduler, len(todo), workers=workers, device=device, memory_gb=_available_memory_gb())
     todo = [replace(t, torch_threads=plan.torch_threads) for t in todo]
-    computed = iter(execute(todo, plan, task_fn, show_progress=show_progress) if todo else [])
+    computed = iter(execute(todo, plan, task_fn, progress=progress) if todo else [])
     results = [done[i] if i in done else next(computed) for i in range(len(tasks))]
 
     per_image: list[dict] = []

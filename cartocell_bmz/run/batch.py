@@ -1,6 +1,6 @@
-"""Predict a batch of volumes: probabilities, watershed cells and Voronoi cells in a BiaPy-style tree.
+"""Predict or post-process a batch of volumes into the BiaPy-style output tree.
 
-For each input volume ``NAME.tif``::
+For each input volume ``NAME.tif`` (the tree and its storage rules: :mod:`cartocell_bmz.io.outputs`)::
 
     OUT/per_image/NAME.tif                   (3, Z, Y, X) probabilities B, C, M (float32 or float16)
     OUT/per_image_instances/NAME.tif         cells after the watershed
@@ -14,7 +14,9 @@ Every file is written atomically, probabilities first and Voronoi cells last,
 so a volume whose three files exist is finished: a rerun skips it (unless
 ``overwrite``), and a volume whose probabilities exist but not its cells is
 only post-processed.  :func:`predict_one` does one volume (what a Dask worker
-of the benchmark calls); :func:`predict_folder` does a batch.
+of the benchmark calls); :func:`predict_folder` does a batch;
+:func:`postprocess_folder` turns a folder of probabilities into cells.
+Progress is reported through a ``progress=`` callback (:mod:`cartocell_bmz.io.progress`).
 """
 
 from __future__ import annotations
@@ -23,15 +25,16 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from cartocell_bmz.errors import InputError
+from cartocell_bmz.io.outputs import (
+    PREDICT_SUMMARY_JSON, count_cells, is_finished, output_paths, write_cells, write_probabilities,
+)
 from cartocell_bmz.layout import INSTANCES_DIR, PROBS_DIR, VORONOI_DIR
-
-#: Summary of a predict run, beside the outputs.
-PREDICT_SUMMARY_JSON = "predict_summary.json"
+from cartocell_bmz.io.progress import ProgressCallback, nested, steps
 
 
 @dataclass(frozen=True)
@@ -124,24 +127,6 @@ class PredictSummary:
         return text
 
 
-def output_paths(out: str | os.PathLike, name: str) -> dict[str, Path]:
-    """The three output files of volume ``name`` in ``out``.
-
-    Examples
-    --------
-    >>> sorted(output_paths("OUT", "a.tif"))
-    ['instances', 'probabilities', 'voronoi']
-    """
-    out = Path(out)
-    return {"probabilities": out / PROBS_DIR / name, "instances": out / INSTANCES_DIR / name,
-            "voronoi": out / VORONOI_DIR / name}
-
-
-def is_finished(out: str | os.PathLike, name: str) -> bool:
-    """Whether all three outputs of ``name`` exist."""
-    return all(p.is_file() for p in output_paths(out, name).values())
-
-
 # one loaded model per process, reused by consecutive calls (Dask workers, folders)
 _LOADED: dict[tuple, Any] = {}
 
@@ -149,11 +134,16 @@ _LOADED: dict[tuple, Any] = {}
 def _predictor(model: Any, *, weights, tile, batch_size, device, trust):
     from cartocell_bmz.bmz.resolve import resolve_model
     from cartocell_bmz.run.predictor import Predictor
+    from cartocell_bmz.train.run import fingerprint, is_training_run
 
     if isinstance(model, Predictor):
         return model
-    resolved = resolve_model(model, trust=trust)
-    key = (str(resolved.rdf_path), resolved.rdf_sha256, weights, tuple(tile) if tile else None, batch_size, device)
+    if isinstance(model, (str, os.PathLike)) and is_training_run(model):
+        resolved, where, digest = model, str(Path(model).resolve()), fingerprint(model)  # a training run folder
+    else:
+        resolved = resolve_model(model, trust=trust)
+        where, digest = str(resolved.rdf_path), resolved.rdf_sha256
+    key = (where, digest, weights, tuple(tile) if tile else None, batch_size, device)
     if key not in _LOADED:
         for old in list(_LOADED.values()):
             old.close()
@@ -170,10 +160,6 @@ def _spacing(spacing: Sequence[float] | None) -> tuple[float, float, float] | No
     return check_spacing(spacing)
 
 
-def _count_cells(labels: np.ndarray) -> int:
-    return int(np.count_nonzero(np.bincount(labels.ravel())[1:])) if labels.size else 0
-
-
 def predict_one(
     model: Any,
     image_path: str | os.PathLike,
@@ -188,7 +174,7 @@ def predict_one(
     float16: bool = False,
     config: Any = None,
     trust: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> ImageResult:
     """Predict, post-process and write one volume (skipping what is already written).
 
@@ -211,14 +197,15 @@ def predict_one(
     config : PostprocessConfig, optional
         Post-processing settings.
     progress : callable, optional
-        ``progress(tiles_done, tiles_total)``.
+        Told about the tiles of the prediction, ``progress(tiles_done, tiles_total, "tiles")``
+        (the protocol of :mod:`cartocell_bmz.io.progress`).
 
     Returns
     -------
     ImageResult
     """
     from cartocell_bmz.core.postprocess import postprocess
-    from cartocell_bmz.io.volumes import ensure_output_dir, read_spacing, read_volume, write_volume
+    from cartocell_bmz.io.volumes import ensure_output_dir, read_spacing, read_volume
 
     t0 = time.perf_counter()
     image_path = Path(image_path)
@@ -226,16 +213,16 @@ def predict_one(
     paths = output_paths(out, name)
     given = _spacing(spacing)
     ensure_output_dir(out)
-    if not overwrite and all(p.is_file() for p in paths.values()):
+    if not overwrite and is_finished(out, name):
         sp, known = (given, True) if given else read_spacing(image_path)
-        cells = _count_cells(read_volume(paths["voronoi"], "labels").data)
+        cells = count_cells(read_volume(paths.voronoi, "labels").data)
         return ImageResult(name, "skipped", cells, time.perf_counter() - t0, tuple(sp), known)  # type: ignore[arg-type]
 
     probs = None
     status = "predicted"
-    if not overwrite and paths["probabilities"].is_file():
+    if not overwrite and paths.probabilities.is_file():
         try:
-            probs = read_volume(paths["probabilities"], "probabilities").data
+            probs = read_volume(paths.probabilities, "probabilities").data
             image_shape = read_volume(image_path, "image").data.shape
             if probs.shape != (3, *image_shape):
                 probs = None  # from another image of the same name: recompute
@@ -246,18 +233,17 @@ def predict_one(
     if probs is None:
         volume = read_volume(image_path, "image")
         predictor = _predictor(model, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=trust)
-        probs = predictor.predict(volume.data, progress=progress)
+        tiles = None if progress is None else (lambda done, total, message="": progress(done, total, "tiles"))
+        probs = predictor.predict(volume.data, progress=tiles)
         del volume
-        write_volume(paths["probabilities"], probs.astype(np.float16) if float16 else probs,
-                     given or read_spacing(image_path)[0])
+        write_probabilities(out, name, probs, given or read_spacing(image_path)[0], float16=float16)
     if given is not None:
         sp, known = given, True
     else:
         sp, known = read_spacing(image_path)
     instances, voronoi = postprocess(probs, sp, config)
-    write_volume(paths["instances"], instances, sp)
-    write_volume(paths["voronoi"], voronoi, sp)
-    return ImageResult(name, status, _count_cells(voronoi), time.perf_counter() - t0, tuple(sp), known)  # type: ignore[arg-type]
+    write_cells(out, name, instances, voronoi, sp)
+    return ImageResult(name, status, count_cells(voronoi), time.perf_counter() - t0, tuple(sp), known)  # type: ignore[arg-type]
 
 
 def collect_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -300,7 +286,7 @@ def predict_folder(
     device: str = "auto",
     config: Any = None,
     trust: bool = False,
-    show_progress: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> PredictSummary:
     """Segment every volume of ``inputs`` into the BiaPy-style tree ``out``.
 
@@ -318,8 +304,9 @@ def predict_folder(
         Voxel size ``(z, y, x)`` in micrometres for every volume; default each file's.
     float16, overwrite, weights, tile, batch_size, device, config, trust :
         See :func:`predict_one`.
-    show_progress : bool
-        Show a progress bar (images and tiles).
+    progress : callable, optional
+        ``progress(done, total, message)`` (:mod:`cartocell_bmz.io.progress`): one run over the
+        volumes, the current volume's tiles in the message, then the evaluation's run.
 
     Returns
     -------
@@ -344,31 +331,28 @@ def predict_folder(
         raise InputError(f"{gt}: ground-truth folder not found.")
     out = ensure_output_dir(out)
     todo = [f for f in files if overwrite or not is_finished(out, f.name)]
-    needs_model = [f for f in todo if overwrite or not output_paths(out, f.name)["probabilities"].is_file()]
+    needs_model = [f for f in todo if overwrite or not output_paths(out, f.name).probabilities.is_file()]
     resolved = resolve_model(model, trust=trust)
     predictor = None
     if needs_model:
         predictor = _predictor(resolved, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=True)
     summary = PredictSummary(model=resolved.name, out=str(out))
-    with _Progress(show_progress, len(files)) as bar:
-        for f in files:
-            bar.start_image(f.name)
-            try:
-                result = predict_one(
-                    predictor if predictor is not None else resolved, f, out, overwrite=overwrite, weights=weights,
-                    tile=tile, batch_size=batch_size, device=device, spacing=spacing, float16=float16, config=config,
-                    trust=True, progress=bar.tiles,
-                )
-            except InputError as exc:  # a bad volume must not cost the others of an unattended run
-                summary.failed.append(str(exc))
-            else:
-                summary.images.append(result)
-            bar.done_image()
+    for i, f in steps(files, progress, describe=lambda p: p.name, finished="images"):
+        try:
+            result = predict_one(
+                predictor if predictor is not None else resolved, f, out, overwrite=overwrite, weights=weights,
+                tile=tile, batch_size=batch_size, device=device, spacing=spacing, float16=float16, config=config,
+                trust=True, progress=nested(progress, i, len(files), f.name),
+            )
+        except InputError as exc:  # a bad volume must not cost the others of an unattended run
+            summary.failed.append(str(exc))
+        else:
+            summary.images.append(result)
     if gt is not None and not summary.failed:
         from cartocell_bmz.run.evaluate import evaluate_folder
 
         summary.metrics = evaluate_folder(gt_dir=gt, pred_dir=out / VORONOI_DIR, out_dir=out, probs_dir=out / PROBS_DIR,
-                                          show_progress=show_progress)
+                                          progress=progress)
     summary.seconds = time.perf_counter() - t0
     with atomic_open(out / PREDICT_SUMMARY_JSON) as fh:
         json.dump(summary.as_dict(), fh, indent=2, default=str)
@@ -385,41 +369,147 @@ def predict_folder(
     return summary
 
 
-class _Progress:
-    """A rich progress bar over images, with the tiles of the current image (or nothing)."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled = enabled
-        self.total = total
-        self._bar = None
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), transient=False)
-            self._bar.__enter__()
-            self._images = self._bar.add_task("images", total=self.total)
-            self._tiles = self._bar.add_task("tiles", total=1, visible=False)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-
-    def start_image(self, name: str) -> None:
-        if self._bar is not None:
-            self._bar.update(self._tiles, description=f"  {name}", completed=0, total=1, visible=False)
-
-    def tiles(self, done: int, total: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._tiles, completed=done, total=total, visible=True)
-
-    def done_image(self) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._images)
+# --------------------------------------------------------------------------- post-processing a folder
 
 
-__all__ = ["ImageResult", "PREDICT_SUMMARY_JSON", "PredictSummary", "collect_inputs", "is_finished",
-           "output_paths", "predict_folder", "predict_one"]
+@dataclass(frozen=True)
+class PostprocessResult:
+    """One post-processed volume of :func:`postprocess_folder`.
+
+    Attributes
+    ----------
+    name : str
+        File name of the probabilities (and of the outputs).
+    watershed_cells, cells : int
+        Cells after the watershed and after the Voronoi.
+    seconds : float
+        Time of the post-processing itself.
+    spacing : tuple of float
+        Voxel size used ``(z, y, x)``.
+    spacing_known : bool
+        Whether the spacing was given or in the file (else 1, 1, 1).
+    """
+
+    name: str
+    watershed_cells: int
+    cells: int
+    seconds: float
+    spacing: tuple[float, float, float]
+    spacing_known: bool = True
+
+    def __str__(self) -> str:
+        note = "" if self.spacing_known else ", no voxel size in file: 1 1 1"
+        return (f"{self.name}: {self.watershed_cells} cells after watershed, {self.cells} after Voronoi "
+                f"({self.seconds:.1f} s{note})")
+
+
+@dataclass
+class PostprocessSummary:
+    """Summary of :func:`postprocess_folder`.
+
+    Attributes
+    ----------
+    out : str
+        Output folder.
+    images : list of PostprocessResult
+        The volumes post-processed by this call.
+    skipped : list of str
+        Volumes whose outputs existed (not redone).
+    seconds : float
+        Wall time of the call.
+    """
+
+    out: str
+    images: list[PostprocessResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def n_cells(self) -> int:
+        return sum(r.cells for r in self.images)
+
+    def __str__(self) -> str:
+        out = Path(self.out)
+        return (f"post-processed {len(self.images)} volume(s), skipped {len(self.skipped)} already done, "
+                f"{self.n_cells} cells in total ({self.seconds:.1f} s); outputs in {out / INSTANCES_DIR} "
+                f"and {out / VORONOI_DIR}")
+
+
+def postprocess_folder(
+    probs_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    spacing: Sequence[float] | None = None,
+    config: Any = None,
+    resume: bool = True,
+    progress: ProgressCallback | None = None,
+) -> PostprocessSummary:
+    """Turn every B, C, M probability volume of a folder into cells: watershed, then Voronoi.
+
+    Writes ``OUT/per_image_instances/NAME`` and ``OUT/per_image_post_processing/NAME``
+    (:mod:`cartocell_bmz.io.outputs`) with the voxel size used, volume by volume.
+
+    Parameters
+    ----------
+    probs_dir : path-like
+        Folder of ``(3, Z, Y, X)`` probability TIFFs (channels B, C, M).
+    out_dir : path-like
+        Output folder (created).
+    spacing : sequence of 3 floats, optional
+        Voxel size ``(z, y, x)`` in micrometres for every volume; default each file's (1, 1, 1 if absent).
+    config : PostprocessConfig, optional
+        Post-processing settings.
+    resume : bool
+        Skip volumes whose two outputs exist (``False``: redo them).
+    progress : callable, optional
+        ``progress(done, total, message)`` over the volumes (:mod:`cartocell_bmz.io.progress`).
+
+    Returns
+    -------
+    PostprocessSummary
+
+    Raises
+    ------
+    InputError
+        The folder is missing or holds no TIFF, or a volume is unreadable or has not
+        3 channels first; the volumes before it are kept, a rerun continues after them.
+    ConfigError
+        ``spacing`` is not three positive sizes.
+    """
+    from cartocell_bmz.core.postprocess import postprocess
+    from cartocell_bmz.io.volumes import ensure_output_dir, list_volumes, read_volume
+
+    started = time.perf_counter()
+    given = _spacing(spacing)
+    files = list_volumes(probs_dir, what="probability volumes")
+    ensure_output_dir(Path(out_dir) / INSTANCES_DIR)
+    ensure_output_dir(Path(out_dir) / VORONOI_DIR)
+    summary = PostprocessSummary(out=str(out_dir))
+    for _, path in steps(files, progress, describe=lambda p: p.name, finished="volumes"):
+        if resume and is_finished(out_dir, path.name, probabilities=False):
+            summary.skipped.append(path.name)
+            continue
+        vol = read_volume(path, kind="probabilities")
+        _check_channels(vol.data, path)
+        vox = given if given is not None else vol.spacing
+        t0 = time.perf_counter()
+        instances, voronoi = postprocess(vol.data, spacing=vox, config=config)
+        seconds = time.perf_counter() - t0
+        write_cells(out_dir, path.name, instances, voronoi, vox)
+        summary.images.append(PostprocessResult(path.name, count_cells(instances), count_cells(voronoi), seconds,
+                                                tuple(vox), given is not None or vol.spacing_known))  # type: ignore[arg-type]
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _check_channels(data: np.ndarray, path: Path) -> None:
+    if data.shape[0] != 3:
+        hint = " Channels must come first (C, Z, Y, X)." if data.shape[-1] == 3 else ""
+        raise InputError(
+            f"{path}: has {data.shape[0]} channel(s) (shape {tuple(data.shape)}), but post-processing needs "
+            f"3 channels B, C, M.{hint}"
+        )
+
+
+__all__ = ["ImageResult", "PostprocessResult", "PostprocessSummary", "PredictSummary", "collect_inputs",
+           "postprocess_folder", "predict_folder", "predict_one"]

@@ -38,6 +38,7 @@ import numpy as np
 from cartocell_bmz.errors import ConfigError, InputError
 from cartocell_bmz.layout import ASSOCIATIONS_DIR, CHANNELS, DEFAULT_IOU_THRESHOLDS, METRICS_CSV, SUMMARY_JSON
 from cartocell_bmz.core.matching import FIGURES, MatchResult, check_thresholds, match
+from cartocell_bmz.io.progress import ProgressCallback, steps
 
 #: Columns of ``metrics_per_image.csv`` (the channel IoUs only with probabilities).
 CSV_COLUMNS: tuple[str, ...] = ("image",) + FIGURES
@@ -213,7 +214,7 @@ def evaluate_folder(
     by: Literal["image", "pooled"] = "image",
     mode: str = "cartocell",
     colour_maps: bool = True,
-    show_progress: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> dict:
     """Evaluate every prediction in a folder against the ground truth of the same name.
 
@@ -240,8 +241,8 @@ def evaluate_folder(
         Target definition for the per-channel IoU.
     colour_maps : bool
         Write the TP/FP/FN colour TIFFs (the CSV association files are always written).
-    show_progress : bool
-        Show a progress bar.
+    progress : callable, optional
+        ``progress(done, total, message)`` over the images (:mod:`cartocell_bmz.io.progress`).
 
     Returns
     -------
@@ -286,7 +287,7 @@ def evaluate_folder(
     matches: list[MatchResult] = []
     ious: list[dict[str, float] | None] = []
     stems = sorted(preds)
-    for stem in _progress(stems, show_progress):
+    for _, stem in steps(stems, progress, describe=lambda s: f"evaluating {s}", finished="evaluated"):
         pred_path, gt_path = preds[stem], gts[stem]
         gt = read_volume(gt_path, "labels")
         pred = read_volume(pred_path, "labels")
@@ -359,12 +360,3 @@ def _write_rgb(path: Path, rgb: np.ndarray, spacing: Sequence[float] | None) -> 
             tmp, rgb, imagej=True, photometric="rgb", compression="zlib",
             resolution=(1.0 / sx, 1.0 / sy), metadata={"spacing": sz, "unit": "um", "axes": "ZYXS"},
         )
-
-
-def _progress(items, enabled: bool):
-    if not enabled:
-        yield from items
-        return
-    from rich.progress import track
-
-    yield from track(items, description="evaluating")

@@ -1,4 +1,4 @@
-"""Folder prediction, its output tree and resumption, the predict command, and a BMZ id end to end."""
+"""Folder prediction and post-processing, their output tree and resumption, the predict command, a BMZ id end to end."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from cartocell_bmz.errors import InputError
+from cartocell_bmz.errors import ConfigError, InputError
 from cartocell_bmz.layout import ASSOCIATIONS_DIR, INSTANCES_DIR, METRICS_CSV, PROBS_DIR, SUMMARY_JSON, VORONOI_DIR
-from cartocell_bmz.run.batch import PREDICT_SUMMARY_JSON, collect_inputs, predict_folder
-from cartocell_bmz.io.volumes import read_volume
+from cartocell_bmz.io.outputs import PREDICT_SUMMARY_JSON
+from cartocell_bmz.io.volumes import read_volume, write_volume
+from cartocell_bmz.run.batch import collect_inputs, postprocess_folder, predict_folder
 from lookalike import build_lookalike
 from builders import serve
 from builders import ONE_LEVEL
@@ -189,3 +190,61 @@ def test_predict_by_bmz_id_end_to_end(package, images, tmp_path):
     lines = neither.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot fetch model 'happy-honeybee'"), neither.stderr
     assert "--model path/to/model.zip" in lines[0]
+
+
+# --------------------------------------------------------------------------- postprocess_folder
+
+
+@pytest.fixture
+def probs_dir(tmp_path, small_cyst) -> Path:
+    """Probabilities of two volumes: the targets of a small cyst, one blurred."""
+    from scipy import ndimage as ndi
+
+    from cartocell_bmz.core.targets import make_targets
+
+    t = make_targets(small_cyst.labels).astype(np.float32)
+    folder = tmp_path / "probs"
+    write_volume(folder / "a.tif", t, small_cyst.spacing)
+    write_volume(folder / "b.tif", np.stack([ndi.gaussian_filter(c, 0.5) for c in t]), small_cyst.spacing)
+    return folder
+
+
+def test_postprocess_folder_writes_cells_and_resumes(probs_dir, small_cyst, tmp_path):
+    from cartocell_bmz.core.postprocess import postprocess
+
+    out = tmp_path / "out"
+    events = []
+    summary = postprocess_folder(probs_dir, out, progress=lambda *e: events.append(e))
+    assert [r.name for r in summary.images] == ["a.tif", "b.tif"] and summary.skipped == []
+    assert events[0] == (0, 2, "a.tif") and events[-1][:2] == (2, 2)
+    for r in summary.images:
+        probs = read_volume(probs_dir / r.name, "probabilities")
+        ref_inst, ref_vor = postprocess(probs.data, spacing=probs.spacing)
+        vor = read_volume(out / VORONOI_DIR / r.name, "labels")
+        assert np.array_equal(read_volume(out / INSTANCES_DIR / r.name, "labels").data, ref_inst)
+        assert np.array_equal(vor.data, ref_vor) and vor.spacing == pytest.approx(small_cyst.spacing)
+        assert r.cells == len(np.unique(ref_vor)) - 1 and r.watershed_cells == len(np.unique(ref_inst)) - 1
+        assert r.spacing_known and f"{r.name}: {r.watershed_cells} cells after watershed, {r.cells} after" in str(r)
+    assert summary.n_cells > 0 and not (out / PROBS_DIR).exists()
+    assert str(summary).startswith(f"post-processed 2 volume(s), skipped 0 already done, {summary.n_cells} cells")
+
+    before = _mtimes(out)
+    (out / INSTANCES_DIR / "b.tif").unlink()  # an interrupted volume is redone, a finished one kept
+    again = postprocess_folder(probs_dir, out)
+    assert [r.name for r in again.images] == ["b.tif"] and again.skipped == ["a.tif"]
+    assert _mtimes(out)[f"{VORONOI_DIR}/a.tif"] == before[f"{VORONOI_DIR}/a.tif"]
+    redo = postprocess_folder(probs_dir, out, resume=False, spacing=(2, 0.25, 0.25))
+    assert len(redo.images) == 2 and redo.images[0].spacing == (2.0, 0.25, 0.25)
+    assert read_volume(out / VORONOI_DIR / "a.tif", "labels").spacing == pytest.approx((2.0, 0.25, 0.25))
+
+
+def test_postprocess_folder_stops_at_a_bad_volume(probs_dir, tmp_path):
+    write_volume(probs_dir / "c.tif", read_volume(probs_dir / "a.tif", "probabilities").data[:2])
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"c\.tif: has 2 channel\(s\).*needs 3 channels B, C, M"):
+        postprocess_folder(probs_dir, out)
+    assert sorted(p.name for p in (out / VORONOI_DIR).iterdir()) == ["a.tif", "b.tif"]  # kept for a rerun
+    with pytest.raises(ConfigError, match="spacing needs three positive sizes"):
+        postprocess_folder(probs_dir, out, spacing=(1, 0, 1))
+    with pytest.raises(InputError, match="no TIFF probability volumes"):
+        postprocess_folder(tmp_path / "out", out)

@@ -50,12 +50,14 @@ def command(
 
     from cartocell_bmz.bench.benchmark import run_benchmark
     from cartocell_bmz.bmz.resolve import resolve_model
+    from cartocell_bmz.cli.progress import RichProgress
 
-    result = run_benchmark(
-        models, test, out, published=published, scheduler=scheduler, workers=workers,
-        overwrite=overwrite, device=device, resolver=functools.partial(resolve_model, trust=trust),
-        show_progress=True,
-    )
+    with RichProgress(transient=True) as progress:
+        result = run_benchmark(
+            models, test, out, published=published, scheduler=scheduler, workers=workers,
+            overwrite=overwrite, device=device, resolver=functools.partial(resolve_model, trust=trust),
+            progress=progress,
+        )
     _print_table(result)
 
 

@@ -35,13 +35,15 @@ def command(
 
     Pairs files of --pred and --gt by name and writes OUT/metrics_per_image.csv (one row per image and threshold: tp, fp, fn, precision, recall, accuracy, f1, mean_matched_score, mean_true_score, panoptic_quality; plus iou_B, iou_C, iou_M with --probs), OUT/summary.json (dataset figures, by image and pooled) and OUT/instance_associations/ (per image and threshold: matched pairs, false positives and a colour TIFF with TP green, FP blue, FN red).
     """
+    from cartocell_bmz.cli.progress import RichProgress
     from cartocell_bmz.run.evaluate import evaluate_folder
 
     thrs = _parse_thresholds((thresholds or []) + (more_thresholds or [])) or DEFAULT_IOU_THRESHOLDS
-    summary = evaluate_folder(
-        gt_dir=gt, pred_dir=pred, out_dir=out, probs_dir=probs, thresholds=thrs, by="pooled" if pooled else "image",
-        colour_maps=colour_maps, show_progress=True,
-    )
+    with RichProgress() as progress:
+        summary = evaluate_folder(
+            gt_dir=gt, pred_dir=pred, out_dir=out, probs_dir=probs, thresholds=thrs,
+            by="pooled" if pooled else "image", colour_maps=colour_maps, progress=progress,
+        )
     _print_summary(summary, out)
 
 

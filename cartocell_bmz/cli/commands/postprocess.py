@@ -35,13 +35,11 @@ def command(
 
     Reads every TIFF of --probs (C, Z, Y, X; channels B, C, M) and writes, under the same file name and voxel size, OUT/per_image_instances/ (cells from the marker-controlled watershed) and OUT/per_image_post_processing/ (cells grown by a Voronoi in micrometres over the cellular region M until neighbours touch; the lumen stays empty). Images whose two outputs exist are skipped unless --overwrite.
     """
-    import time
-
-    from cartocell_bmz.errors import ConfigError, InputError
-    from cartocell_bmz.layout import INSTANCES_DIR, VORONOI_DIR
-    from cartocell_bmz.core.postprocess import LEGACY_THRESHOLDS, PostprocessConfig, check_hole_size, check_threshold, postprocess
+    from cartocell_bmz.cli.progress import RichProgress
+    from cartocell_bmz.core.postprocess import LEGACY_THRESHOLDS, PostprocessConfig, check_hole_size, check_threshold
     from cartocell_bmz.core.spacing import check_spacing
-    from cartocell_bmz.io.volumes import ensure_output_dir, list_volumes, read_volume, write_volume
+    from cartocell_bmz.errors import ConfigError
+    from cartocell_bmz.run.batch import postprocess_folder
 
     fallback = LEGACY_THRESHOLDS if legacy else ("auto", "auto", "auto")
     try:
@@ -57,51 +55,10 @@ def command(
         )
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("max_hole_size", "--max-hole-size", 1)) from None
-    if spacing is not None:
-        check_spacing(spacing, name="--spacing")
+    vox = check_spacing(spacing, name="--spacing") if spacing is not None else None
 
-    files = list_volumes(probs, what="probability volumes")
-    inst_dir = ensure_output_dir(Path(out) / INSTANCES_DIR)
-    vor_dir = ensure_output_dir(Path(out) / VORONOI_DIR)
-    done = skipped = 0
-    total_cells = 0
-    started = time.perf_counter()
-    for path in files:
-        inst_path, vor_path = inst_dir / path.name, vor_dir / path.name
-        if not overwrite and inst_path.exists() and vor_path.exists():
-            skipped += 1
-            continue
-        vol = read_volume(path, kind="probabilities")
-        data = vol.data
-        if data.shape[0] != 3:
-            hint = " Channels must come first (C, Z, Y, X)." if data.shape[-1] == 3 else ""
-            raise InputError(
-                f"{path}: has {data.shape[0]} channel(s) (shape {tuple(data.shape)}), but post-processing needs "
-                f"3 channels B, C, M.{hint}"
-            )
-        vox = tuple(float(s) for s in spacing) if spacing is not None else vol.spacing
-        t0 = time.perf_counter()
-        instances, voronoi = postprocess(data, spacing=vox, config=config)
-        seconds = time.perf_counter() - t0
-        write_volume(inst_path, instances, vox, compress=True)
-        write_volume(vor_path, voronoi, vox, compress=True)
-        n_ws = int(instances.max())
-        n_vor = _count_ids(voronoi, n_ws)
-        total_cells += n_vor
-        done += 1
-        note = "" if (spacing is not None or vol.spacing_known) else ", no voxel size in file: 1 1 1"
-        typer.echo(f"{path.name}: {n_ws} cells after watershed, {n_vor} after Voronoi ({seconds:.1f} s{note})")
-    elapsed = time.perf_counter() - started
-    typer.echo(
-        f"post-processed {done} volume(s), skipped {skipped} already done, {total_cells} cells in total "
-        f"({elapsed:.1f} s); outputs in {inst_dir} and {vor_dir}"
-    )
-
-
-def _count_ids(labels, top: int) -> int:
-    """Number of distinct non-zero ids in ``labels`` (all ids are <= ``top``)."""
-    import numpy as np
-
-    present = np.zeros(top + 1, bool)
-    present[labels.reshape(-1)] = True
-    return int(present[1:].sum())
+    with RichProgress() as progress:
+        summary = postprocess_folder(probs, out, spacing=vox, config=config, resume=not overwrite, progress=progress)
+    for image in summary.images:
+        typer.echo(str(image))
+    typer.echo(str(summary))

@@ -42,11 +42,13 @@ def command(
     inputs, with their voxel size. Volumes already finished in OUT are skipped
     unless --overwrite, so an interrupted run continues where it stopped.
     """
+    from cartocell_bmz.cli.progress import RichProgress
     from cartocell_bmz.run.batch import predict_folder
 
-    summary = predict_folder(
-        model, inputs, out, gt=gt, spacing=tuple(spacing) if spacing else None, float16=float16,
-        overwrite=overwrite, weights=weights, tile=tuple(tile) if tile else None, batch_size=batch_size,
-        device=device, trust=trust, show_progress=True,
-    )
+    with RichProgress() as progress:
+        summary = predict_folder(
+            model, inputs, out, gt=gt, spacing=tuple(spacing) if spacing else None, float16=float16,
+            overwrite=overwrite, weights=weights, tile=tuple(tile) if tile else None, batch_size=batch_size,
+            device=device, trust=trust, progress=progress,
+        )
     typer.echo(str(summary))
