@@ -301,7 +301,7 @@ def _measure_once(pkg: Path, env: dict, work: Path, shape) -> None:
 def _seed_margins(pkg: Path, cache: Path) -> None:
     """Store margins for the memory run (so it does not measure a random paper-size network)."""
     from cartocell_bmz.bmz.resolve import resolve_model
-    from cartocell_bmz.run.predictor import EDGE_TOLERANCE
+    from cartocell_bmz.run.margins import EDGE_TOLERANCE
     from cartocell_bmz.io.volumes import atomic_open
 
     r = resolve_model(str(pkg), trust=True, cache_dir=cache)

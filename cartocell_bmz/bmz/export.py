@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -58,8 +57,12 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import numpy as np
 
+from cartocell_bmz.core.normalize import zero_mean_unit_variance
 from cartocell_bmz.errors import ConfigError, InputError, ModelError, OutputError
+from cartocell_bmz.io.hashing import sha256_file as sha256_of
 from cartocell_bmz.layout import CHANNEL_MEANING, CHANNELS
+from cartocell_bmz.run.margins import HALO_TOLERANCE
+from cartocell_bmz.train.run import TrainingRun, load_network, read_run, read_state_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -106,15 +109,8 @@ TEST_OUTPUT_FILE = "test_output.npy"
 COVER_FILE = "cover.png"
 DOC_FILE = "documentation.md"
 
-#: Files a training run folder must hold (relative to RUN/).
-RUN_REQUIRED: tuple[str, ...] = ("model.json", "config.json", "status.json", "checkpoints/best.pt")
-
 #: Largest test tensor (z, y, x) written into a package (keeps packages small).
 TEST_TENSOR_CAP: tuple[int, int, int] = (32, 64, 64)
-
-#: Blocked and whole-volume probabilities may differ by at most this much at the
-#: halo :func:`choose_halo` picks (half of the 0.01 the project promises, for margin).
-HALO_TOLERANCE = 0.005
 
 Format = Literal["zip", "folder"]
 
@@ -150,162 +146,6 @@ class PackageMetadata:
     license: str = "CC-BY-4.0"
     version: str = "0.1.0"
     halo: tuple[int, int, int] | None = None
-
-
-# --------------------------------------------------------------------------- the run
-
-
-@dataclass(frozen=True)
-class TrainingRun:
-    """What a training run folder holds (see ``docs/DEVELOPING.md``).
-
-    Attributes
-    ----------
-    path : pathlib.Path
-        The run folder.
-    arch, callable : str
-        Registry name and class name of the architecture.
-    source : pathlib.Path
-        The self-contained architecture source file.
-    kwargs : dict
-        Constructor arguments of the network.
-    divisor : tuple of 3 int
-        Input sizes ``(z, y, x)`` must be multiples of these.
-    target_mode : str
-        Definition of the B, C, M training targets.
-    n_parameters : int
-        Number of network parameters.
-    config, status : dict
-        ``config.json`` and ``status.json``.
-    weights : pathlib.Path
-        ``checkpoints/best.pt``.
-    """
-
-    path: Path
-    arch: str
-    callable: str
-    source: Path
-    kwargs: dict[str, Any]
-    divisor: tuple[int, int, int]
-    target_mode: str
-    n_parameters: int
-    config: dict[str, Any]
-    status: dict[str, Any]
-    weights: Path
-
-
-def read_run(run_dir: str | os.PathLike) -> TrainingRun:
-    """Read and check a training run folder.
-
-    Raises
-    ------
-    ModelError
-        One sentence naming the missing or broken file (or field) of the run.
-    """
-    from cartocell_bmz import networks
-
-    run = Path(run_dir)
-    if not run.exists():
-        raise ModelError(f"{run}: training run folder not found.")
-    if not run.is_dir():
-        raise ModelError(f"{run}: not a folder; give the folder written by `cartocell-bmz train`.")
-    for name in RUN_REQUIRED:
-        if not (run / name).is_file():
-            raise ModelError(f"{run / name}: missing; {run} is not a complete training run folder.")
-    model = _read_json(run / "model.json")
-    config = _read_json(run / "config.json")
-    status = _read_json(run / "status.json")
-    for key in ("arch", "callable", "kwargs", "channels"):
-        if key not in model:
-            raise ModelError(f"{run / 'model.json'}: has no {key!r} field; is it from `cartocell-bmz train`?")
-    if tuple(model["channels"]) != CHANNELS:
-        raise ModelError(
-            f"{run / 'model.json'}: channels {model['channels']} differ from CartoCell's {list(CHANNELS)}."
-        )
-    try:
-        spec = networks.get_spec(model["arch"])
-        kwargs = networks.resolve_kwargs(model["arch"], model["kwargs"])
-    except ConfigError as exc:
-        raise ModelError(f"{run / 'model.json'}: {exc}") from None
-    if model["callable"] != spec.callable:
-        raise ModelError(
-            f"{run / 'model.json'}: callable {model['callable']!r} is not {spec.callable!r} of architecture {spec.name!r}."
-        )
-    source = run / str(model.get("source", spec.source))
-    if not source.is_file():
-        source = networks.source_path(spec.name)
-    divisor = networks.divisor(spec.name, kwargs)
-    if model.get("divisor") is not None and [int(d) for d in model["divisor"]] != list(divisor):
-        raise ModelError(
-            f"{run / 'model.json'}: divisor {model['divisor']} differs from {list(divisor)} of its kwargs; "
-            "the run folder is inconsistent."
-        )
-    return TrainingRun(
-        path=run, arch=spec.name, callable=spec.callable, source=source, kwargs=kwargs,
-        divisor=divisor,  # type: ignore[arg-type]
-        target_mode=str(model.get("target_mode", "unknown")),
-        n_parameters=int(model.get("n_parameters", 0)), config=config, status=status,
-        weights=run / "checkpoints" / "best.pt",
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: cannot be read as JSON ({type(exc).__name__}); the run folder is damaged.") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: holds {type(data).__name__}, not a JSON object; the run folder is damaged.")
-    return data
-
-
-def load_network(run: TrainingRun) -> "torch.nn.Module":
-    """The run's network with its best weights, in eval mode, built from the run's source file."""
-    import torch
-
-    cls = _load_callable(run.source, run.callable)
-    try:
-        net = cls(**run.kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"{run.source}: cannot build {run.callable} with the kwargs of model.json ({exc}).") from None
-    state = _read_state_dict(run.weights)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
-        raise ModelError(f"{run.weights}: does not fit the network of model.json ({first}).") from None
-    return net.eval()
-
-
-def _read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged files
-        raise ModelError(f"{path}: cannot be loaded as a state dict ({type(exc).__name__}); is it truncated?") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"{path}: is not a pure state dict (a mapping of names to tensors).")
-    return {str(k): v.detach().cpu().contiguous() for k, v in state.items()}
-
-
-def _load_callable(source: Path, name: str):
-    import importlib.util
-
-    module_name = f"_cartocell_arch_{hashlib.sha256(str(source).encode()).hexdigest()[:12]}"
-    spec = importlib.util.spec_from_file_location(module_name, source)
-    if spec is None or spec.loader is None:
-        raise ModelError(f"{source}: cannot be imported as a Python file.")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(module_name, None)
-        raise ModelError(f"{source}: fails to import ({type(exc).__name__}: {exc}).") from None
-    if not hasattr(module, name):
-        raise ModelError(f"{source}: defines no {name!r}.")
-    return getattr(module, name)
 
 
 # --------------------------------------------------------------------------- halo
@@ -514,7 +354,7 @@ def choose_halo(
         ``met`` is False when even ``max_halo`` does not reach ``tolerance``
         (for example with instance normalisation, whose statistics depend on the block).
     """
-    img = _normalise(image)
+    img = zero_mean_unit_variance(image)
     units = halo_units(divisor)
     shape = img.shape
     if any(s % d for s, d in zip(shape, divisor)):
@@ -581,12 +421,6 @@ def choose_halo(
         halo = bigger  # type: ignore[assignment]
         passed = measure("zyx", halo, tolerance, 16)
     return HaloChoice(halo=halo, max_difference=trials[-1][2], tolerance=tolerance, trials=tuple(trials))
-
-
-def _normalise(image: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance over the whole image (bioimageio's eps 1e-6)."""
-    img = np.asarray(image, dtype=np.float32)
-    return ((img - img.mean()) / (img.std() + 1e-6)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- sizes
@@ -699,7 +533,7 @@ def build_description(
         minimum = AxisSizes.from_halo(run.divisor, halo_values).minimum
         AxisSizes.from_halo(run.divisor, halo_values).largest_valid(volume.shape)  # the volume holds a block
         diff = blocked_difference(
-            net, _normalise(volume), halo_values, [m - 2 * h for m, h in zip(minimum, halo_values)], align=run.divisor
+            net, zero_mean_unit_variance(volume), halo_values, [m - 2 * h for m, h in zip(minimum, halo_values)], align=run.divisor
         )
         halo = HaloChoice(halo=halo_values, max_difference=diff, tolerance=HALO_TOLERANCE)  # type: ignore[arg-type]
     else:
@@ -712,14 +546,14 @@ def build_description(
                 "--test-volume, or an explicit --halo to package it with that difference documented."
             )
     with torch.no_grad():
-        probs = torch.sigmoid(net(torch.from_numpy(_normalise(volume))[None, None]))[0].numpy()
+        probs = torch.sigmoid(net(torch.from_numpy(zero_mean_unit_variance(volume))[None, None]))[0].numpy()
     sizes = AxisSizes.from_halo(run.divisor, halo.halo)
 
     # files
     arch_file = work / run.source.name
     shutil.copyfile(run.source, arch_file)
     weights = work / WEIGHTS_FILE
-    torch.save(_read_state_dict(run.weights), weights)
+    torch.save(read_state_dict(run.weights), weights)
     torchscript = work / TORCHSCRIPT_FILE
     export_torchscript(arch_file, run.callable, run.kwargs, weights, torchscript)
     test_shape = sizes.largest_valid(volume.shape, TEST_TENSOR_CAP)
@@ -979,15 +813,6 @@ def run_timestamp(run: TrainingRun) -> _dt.datetime:
             return stamp if stamp.tzinfo else stamp.replace(tzinfo=_dt.timezone.utc)
     mtime = int((run.path / "status.json").stat().st_mtime)
     return _dt.datetime.fromtimestamp(mtime, tz=_dt.timezone.utc)
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- files

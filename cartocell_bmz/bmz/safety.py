@@ -20,7 +20,6 @@ naming the package and the file or field at fault.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cartocell_bmz.errors import ModelError
+from cartocell_bmz.io.hashing import sha256_file  # re-exported: the package checks hash with it
 
 #: Most files a package zip may hold.
 MAX_FILES = 2000
@@ -46,27 +46,6 @@ RDF_NAMES: tuple[str, ...] = ("rdf.yaml", "bioimageio.yaml")
 
 #: Axes of a CartoCell model's input and output tensors.
 CARTOCELL_AXES: tuple[str, ...] = ("batch", "channel", "z", "y", "x")
-
-
-# --------------------------------------------------------------------------- hashing
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a"
-    >>> _ = p.write_bytes(b"abc")
-    >>> sha256_file(p)[:16]
-    'ba7816bf8f01cfea'
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- zips

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from cartocell_bmz.errors import ConfigError, InputError
+from cartocell_bmz.train.run import MODEL_JSON
 from cartocell_bmz.layout import (
     CHANNELS, INSTANCES_DIR, LABEL_DIR, PROBS_DIR, RAW_DIR, SUMMARY_JSON, VORONOI_DIR,
 )
@@ -264,8 +265,10 @@ def evaluate_run(
 
     from cartocell_bmz.run.evaluate import evaluate_folder
     from cartocell_bmz.core.labels import as_label_dtype as _label_dtype
-    from cartocell_bmz.phases.pseudo_label import _predictor_for, model_fingerprint, segment_volume
+    from cartocell_bmz.phases.pseudo_label import model_fingerprint, segment_volume
     from cartocell_bmz.io.volumes import ensure_output_dir, list_volumes, read_volume, write_volume
+    from cartocell_bmz.run.predictor import Predictor
+    from cartocell_bmz.train.run import read_run
 
     run_dir, test_dir = Path(run_dir), Path(test_dir)
     out = ensure_output_dir(out_dir)
@@ -286,22 +289,26 @@ def evaluate_run(
             for stale in (out / sub).iterdir():
                 if stale.is_file() and stale.name not in names and not stale.name.startswith("."):
                     stale.unlink()
-    predictor = None
-    for raw in raws:
-        outputs = [out / sub / raw.name for sub in (PROBS_DIR, INSTANCES_DIR, VORONOI_DIR)]
-        if all(p.is_file() for p in outputs):
-            continue
-        if predictor is None:
-            predictor = _predictor_for(run_dir, device=device)
-        vol = read_volume(raw, "image")
-        probs, instances, voronoi = segment_volume(predictor, vol.data, vol.spacing, postprocess_config)
-        write_volume(outputs[0], probs.astype(np.float32), vol.spacing)
-        write_volume(outputs[1], _label_dtype(instances), vol.spacing, compress=True)
-        write_volume(outputs[2], _label_dtype(voronoi), vol.spacing, compress=True)
-    info = _read_json(run_dir / "model.json")
+    predictor = None  # loaded on the first volume to predict: tiled as the benchmark tiles packages
+    try:
+        for raw in raws:
+            outputs = [out / sub / raw.name for sub in (PROBS_DIR, INSTANCES_DIR, VORONOI_DIR)]
+            if all(p.is_file() for p in outputs):
+                continue
+            if predictor is None:
+                predictor = Predictor(run_dir, device=device)
+            vol = read_volume(raw, "image")
+            probs, instances, voronoi = segment_volume(predictor.predict, vol.data, vol.spacing, postprocess_config)
+            write_volume(outputs[0], probs.astype(np.float32), vol.spacing)
+            write_volume(outputs[1], _label_dtype(instances), vol.spacing, compress=True)
+            write_volume(outputs[2], _label_dtype(voronoi), vol.spacing, compress=True)
+    finally:
+        if predictor is not None:
+            predictor.close()
+    target_mode = read_run(run_dir, complete=False).target_mode
     summary = evaluate_folder(
         gt_dir=test_dir / LABEL_DIR, pred_dir=out / VORONOI_DIR, out_dir=out, probs_dir=out / PROBS_DIR,
-        mode=info.get("target_mode", "cartocell"), show_progress=show_progress,
+        mode=target_mode if target_mode != "unknown" else "cartocell", show_progress=show_progress,
     )
     _write_json(out / "status.json", {"finished": True, "model": str(run_dir), "model_sha256": sha, "volumes": names})
     return summary
@@ -331,7 +338,7 @@ def compare(summaries: Mapping[str, Mapping[str, Any]], runs: Mapping[str, Any] 
             row[f"iou_{c}"] = _num(ious.get(c))
         if runs is not None and name in runs:
             r = runs[name]
-            row.update(arch=_read_json(Path(r.run_dir) / "model.json").get("arch"), epochs=r.epochs,
+            row.update(arch=_read_json(Path(r.run_dir) / MODEL_JSON).get("arch"), epochs=r.epochs,
                        best_epoch=r.best_epoch, train_seconds=round(r.seconds, 1))
         table[name] = row
     return table

@@ -73,49 +73,27 @@ class PseudoLabelSummary:
 # --------------------------------------------------------------------------- predictors
 
 
-def is_training_run(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a training run folder (holds ``model.json``)."""
-    return (Path(path) / "model.json").is_file()
-
-
 def model_fingerprint(model: str | os.PathLike) -> str:
-    """sha256 identifying the weights of a model (a run's ``best.pt``, or a package's file / rdf)."""
+    """sha256 identifying the weights of a model: a run's ``best.pt``, a package's ``rdf.yaml`` or file.
+
+    A name that is no file (a BMZ id, a name in ``model_packages/``) is identified by the name itself.
+
+    Raises
+    ------
+    ModelError
+        A training run without ``checkpoints/best.pt`` (no epoch finished yet).
+    """
+    from cartocell_bmz.io.hashing import sha256_file
+    from cartocell_bmz.train.run import fingerprint, is_training_run
+
     path = Path(model)
     if is_training_run(path):
-        target = path / "checkpoints" / "best.pt"
-    elif path.is_dir() and (path / "rdf.yaml").is_file():
-        target = path / "rdf.yaml"
-    elif path.is_file():
-        target = path
-    else:
-        return hashlib.sha256(str(model).encode()).hexdigest()
-    if not target.is_file():
-        raise ModelError(f"{target}: not found; has the training run finished an epoch?")
-    digest = hashlib.sha256()
-    with open(target, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _predictor_for(model: str | os.PathLike, *, device: str = "auto") -> Predictor:
-    """A function raw volume -> probabilities for ``model``.
-
-    The one place that knows how a ``--model`` value becomes a prediction:
-    a training run folder is predicted with the plain tiled forward pass of
-    :mod:`cartocell_bmz.run.inference`; anything else (a BMZ package folder, zip,
-    ``rdf.yaml``, a name in ``model_packages/`` or a BMZ id) goes through the
-    BMZ runner (:class:`cartocell_bmz.run.predictor.Predictor`), which raises
-    :class:`~cartocell_bmz.errors.ModelError` for what it cannot resolve.
-    """
-    if is_training_run(model):
-        from cartocell_bmz.run.inference import load_run, predict_loaded
-
-        run = load_run(model, device=device)
-        return lambda volume: predict_loaded(run, volume)
-    from cartocell_bmz.run.predictor import Predictor as BMZPredictor
-
-    return BMZPredictor(model, device=device).predict
+        return fingerprint(path)
+    if path.is_dir() and (path / "rdf.yaml").is_file():
+        return sha256_file(path / "rdf.yaml")
+    if path.is_file():
+        return sha256_file(path)
+    return hashlib.sha256(str(model).encode()).hexdigest()
 
 
 def segment_volume(
@@ -195,7 +173,7 @@ def pseudo_label(
     Parameters
     ----------
     model : path-like or str
-        A training run folder, or a BMZ package (through the runner).
+        A training run folder or a BMZ package (:class:`~cartocell_bmz.run.predictor.Predictor`).
     input_dir : path-like
         Folder of raw volumes (``train_M2/x``; ``train_M2`` works too).
     out_dir : path-like
@@ -267,9 +245,14 @@ def pseudo_label(
             fh.write("\n")
 
     todo = [p for p in raws if not ((x_dir / p.name).is_file() and (y_dir / p.name).is_file() and p.name in table)]
+    loaded = None
     if todo:
         write_status(False)
-        run_predictor = predictor or _predictor_for(model, device=device)
+        if predictor is None:
+            from cartocell_bmz.run.predictor import Predictor as ModelPredictor
+
+            loaded = ModelPredictor(model, device=device)  # a training run or a BMZ package, tiled alike
+        run_predictor = predictor or loaded.predict
     bar = _Bar(len(todo), show_progress)
     try:
         for raw_path in todo:
@@ -286,6 +269,8 @@ def pseudo_label(
             bar.advance(f"{raw_path.name}: {n_cells} cells")
     finally:
         bar.stop()
+        if loaded is not None:
+            loaded.close()
     write_status(True)
     summary = PseudoLabelSummary(
         out_dir=out, n_volumes=len(raws), n_new=len(todo),

@@ -46,6 +46,9 @@ from cartocell_bmz.core.metrics import binary_channel_iou
 from cartocell_bmz.train.augment import Augmentations, random_patch
 from cartocell_bmz.errors import ConfigError, InputError
 from cartocell_bmz.layout import CHANNELS, LABEL_DIR, RAW_DIR
+from cartocell_bmz.train.run import (
+    BEST_PT, CHARTS_DIR, CHECKPOINTS_DIR, CONFIG_JSON, LAST_PT, MODEL_JSON, RESUME_PT, STATUS_JSON, TRAIN_LOG_CSV,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -58,7 +61,7 @@ SCHEDULES: tuple[str, ...] = ("onecycle", "constant")
 LOG_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_loss", "iou_B", "iou_C", "iou_M", "lr", "seconds")
 
 #: Files and folders a run owns (removed by a fresh start; nothing else is touched).
-RUN_FILES: tuple[str, ...] = ("config.json", "model.json", "checkpoints", "train_log.csv", "charts", "status.json")
+RUN_FILES: tuple[str, ...] = (CONFIG_JSON, MODEL_JSON, CHECKPOINTS_DIR, TRAIN_LOG_CSV, CHARTS_DIR, STATUS_JSON)
 
 #: Training presets: ``paper`` is CartoCell's configuration; ``tiny`` trains in
 #: minutes on 2 CPU cores on the synthetic cysts of ``cartocell-bmz phantoms``
@@ -389,7 +392,7 @@ def training_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
 
 
 def _load_volume(raw: Path, lab: Path, target_mode: str, min_shape: Sequence[int] = (1, 1, 1)) -> _Volume:
-    from cartocell_bmz.run.inference import normalize
+    from cartocell_bmz.core.normalize import zero_mean_unit_variance as normalize
     from cartocell_bmz.core.targets import make_targets
     from cartocell_bmz.io.volumes import check_same_shape, read_volume
 
@@ -433,12 +436,18 @@ def _loss(logits: "torch.Tensor", targets: "torch.Tensor", pos_weight: "torch.Te
 def _validate(net, volumes: list[_Volume], patch, div, device, pos_weight) -> tuple[float, list[float]]:
     import torch
 
-    from cartocell_bmz.run.inference import choose_tile, tiled_logits
+    from cartocell_bmz.run.backends import TorchBackend
+    from cartocell_bmz.run.predictor import Predictor
 
     net.eval()
+    # the prediction tiler on the network in memory, logits out: a volume of up to four patches'
+    # voxels in one piece, else tiles of at most that with fixed margins (nothing is measured)
+    eighth = [int(p) // 8 for p in patch]
+    predictor = Predictor(TorchBackend(net, div, sigmoid=False), margin=eighth, overlap=eighth,
+                          max_tile_voxels=4 * math.prod(int(p) for p in patch))
     losses, ious = [], []
     for vol in volumes:
-        logits = tiled_logits(net, vol.image, choose_tile(vol.image.shape, patch), div, device=device)
+        logits = predictor.predict_normalized(vol.image)
         with torch.inference_mode():
             t = torch.from_numpy(vol.targets[None].astype(np.float32))
             lw = None if pos_weight is None else pos_weight.cpu()
@@ -482,7 +491,7 @@ def _write_log(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def read_log(run_dir: str | os.PathLike) -> list[dict[str, float]]:
     """Rows of ``RUN/train_log.csv`` as dicts of numbers (``epoch`` as int)."""
-    path = Path(run_dir) / "train_log.csv"
+    path = Path(run_dir) / TRAIN_LOG_CSV
     if not path.is_file():
         return []
     with open(path, newline="") as fh:
@@ -493,7 +502,7 @@ def read_log(run_dir: str | os.PathLike) -> list[dict[str, float]]:
 
 def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
     """``RUN/status.json`` as a dict (``{"finished": False}`` when missing or unreadable)."""
-    path = Path(run_dir) / "status.json"
+    path = Path(run_dir) / STATUS_JSON
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -586,7 +595,7 @@ def train(
     """
     import torch
 
-    from cartocell_bmz.run.inference import flush_denormal, resolve_device
+    from cartocell_bmz.run.device import flush_denormal, resolve_device
     from cartocell_bmz.networks import build_network, count_parameters, divisor, get_spec, source_path
     from cartocell_bmz.io.volumes import ensure_output_dir
 
@@ -594,7 +603,7 @@ def train(
         raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}.")
     run_dir = ensure_output_dir(run_dir)
     train_dir, val_dir = Path(train_dir).resolve(), Path(val_dir).resolve()
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, threads=True)
     kwargs = config.network_kwargs()
     div = divisor(config.arch, kwargs)
     spec = get_spec(config.arch)
@@ -602,7 +611,7 @@ def train(
         {"train": config.to_dict(), "data": {"train_dir": str(train_dir), "val_dir": str(val_dir)}}, default=_json_default
     ))
 
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG_JSON
     if not resume:
         _clean_run(run_dir)
     elif config_path.is_file():
@@ -617,7 +626,7 @@ def train(
                 "use another output folder or start afresh (--fresh)."
             )
         status = read_status(run_dir)
-        if saved is not None and status.get("finished") and (run_dir / "checkpoints" / "best.pt").is_file():
+        if saved is not None and status.get("finished") and (run_dir / CHECKPOINTS_DIR / BEST_PT).is_file():
             summary = _summary_from_status(run_dir, status)
             if show_progress:
                 print(f"already finished: {summary}")
@@ -680,7 +689,7 @@ def train(
         "target_mode": config.target_mode,
         "n_parameters": n_params,
     }
-    ckpt = run_dir / "checkpoints"
+    ckpt = run_dir / CHECKPOINTS_DIR
     ckpt.mkdir(exist_ok=True)
 
     # ---- resume
@@ -689,7 +698,7 @@ def train(
         "rows": [], "seconds": 0.0, "stopped_early": False, "best_model": None,
     }
     resumed_from = 0
-    resume_path = ckpt / "resume.pt"
+    resume_path = ckpt / RESUME_PT
     if resume and resume_path.is_file():
         try:
             saved_state = torch.load(resume_path, map_location="cpu", weights_only=True)
@@ -709,10 +718,10 @@ def train(
                 f"{resume_path}: cannot continue from this checkpoint ({type(exc).__name__}); start afresh with --fresh."
             ) from None
     else:
-        for name in ("best.pt", "last.pt"):
+        for name in (BEST_PT, LAST_PT):
             (ckpt / name).unlink(missing_ok=True)
     _json_dump(config_path, full_config)
-    _json_dump(run_dir / "model.json", model_info)
+    _json_dump(run_dir / MODEL_JSON, model_info)
     if resumed_from:
         _materialise(run_dir, state, net)  # rewrite files derived from resume.pt
 
@@ -733,7 +742,7 @@ def train(
 
     done = state["epoch"] >= config.epochs or state["stopped_early"]
     if not done:
-        _json_dump(run_dir / "status.json", status(False))
+        _json_dump(run_dir / STATUS_JSON, status(False))
     progress.start(config.epochs, steps, int(state["epoch"]))
     last_chart = time.perf_counter()
     try:
@@ -800,16 +809,16 @@ def train(
             _materialise(run_dir, state, net, charts=charts)
             if charts:
                 last_chart = time.perf_counter()
-            _json_dump(run_dir / "status.json", status(done))
+            _json_dump(run_dir / STATUS_JSON, status(done))
             progress.epoch(row, state)
             if on_epoch_end is not None:
                 on_epoch_end(dict(row))
     finally:
         stack.close()
         progress.stop()
-    if state["epoch"] and not (ckpt / "best.pt").is_file():
+    if state["epoch"] and not (ckpt / BEST_PT).is_file():
         _materialise(run_dir, state, net)
-    _json_dump(run_dir / "status.json", status(True))
+    _json_dump(run_dir / STATUS_JSON, status(True))
     summary = _summary_from_status(run_dir, status(True))
     if show_progress:
         print(summary)
@@ -820,13 +829,13 @@ def _materialise(run_dir: Path, state: Mapping[str, Any], net, *, charts: bool =
     """Write best.pt, last.pt, the log and (with ``charts``) the charts from the training state."""
     from cartocell_bmz.train.charts import plot_training_curves
 
-    ckpt = run_dir / "checkpoints"
-    _save_torch({k: v.detach().cpu() for k, v in net.state_dict().items()}, ckpt / "last.pt")
+    ckpt = run_dir / CHECKPOINTS_DIR
+    _save_torch({k: v.detach().cpu() for k, v in net.state_dict().items()}, ckpt / LAST_PT)
     if state.get("best_model") is not None:
-        _save_torch(state["best_model"], ckpt / "best.pt")
-    _write_log(run_dir / "train_log.csv", state["rows"])
+        _save_torch(state["best_model"], ckpt / BEST_PT)
+    _write_log(run_dir / TRAIN_LOG_CSV, state["rows"])
     if charts and state["rows"]:
-        plot_training_curves(state["rows"], run_dir / "charts", best_epoch=int(state["best_epoch"]) or None)
+        plot_training_curves(state["rows"], run_dir / CHARTS_DIR, best_epoch=int(state["best_epoch"]) or None)
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cartocell_bmz.errors import ConfigError, InputError, ModelError
-from cartocell_bmz.phases.pseudo_label import _predictor_for, pseudo_label
+from cartocell_bmz.phases.pseudo_label import model_fingerprint, pseudo_label
 from cartocell_bmz.io.volumes import list_volumes, read_volume
 
 pytest.importorskip("torch")
@@ -112,12 +112,29 @@ def test_labels_of_another_model_are_not_mixed(tmp_path, tiny_dataset, tiny_run)
 
 
 def test_bad_models_and_inputs(tmp_path, tiny_dataset, tiny_run):
+    from cartocell_bmz.run.predictor import Predictor
+
     with pytest.raises(ModelError):
-        _predictor_for(tmp_path)
+        Predictor(tmp_path)  # an empty folder: neither a training run nor a package
     with pytest.raises(InputError, match="not found"):
         pseudo_label(tiny_run, tmp_path / "missing", tmp_path / "out", show_progress=False)
     with pytest.raises(ConfigError, match="spacing"):
         pseudo_label(tiny_run, tiny_dataset / "train_M2", tmp_path / "out", spacing=(1, 0, 1), show_progress=False)
+
+
+def test_model_fingerprint_names_the_weights(tmp_path, tiny_run):
+    best = tiny_run / "checkpoints" / "best.pt"
+    assert model_fingerprint(tiny_run) == hashlib.sha256(best.read_bytes()).hexdigest()
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "rdf.yaml").write_text("type: model\n")
+    assert model_fingerprint(package) == hashlib.sha256(b"type: model\n").hexdigest()
+    assert model_fingerprint("happy-honeybee") == hashlib.sha256(b"happy-honeybee").hexdigest()
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "model.json").write_text("{}")
+    with pytest.raises(ModelError, match="best.pt: not found"):
+        model_fingerprint(unfinished)
 
 
 def test_pseudo_label_command(tmp_path, tiny_dataset, tiny_run):

@@ -9,15 +9,10 @@ import pytest
 import yaml
 
 from cartocell_bmz.errors import ConfigError, ModelError
-from cartocell_bmz.run.predictor import (
-    Predictor,
-    blended_edge_error,
-    channel_order,
-    choose_margin,
-    predict_probabilities,
-    predict_whole,
-    tile_geometry,
-)
+from cartocell_bmz.run.backends import description_sizes
+from cartocell_bmz.run.geometry import channel_order, tile_geometry
+from cartocell_bmz.run.margins import blended_edge_error, choose_margin
+from cartocell_bmz.run.predictor import Predictor, predict_probabilities, predict_whole
 from cartocell_bmz.bmz.resolve import local_packages
 from lookalike import PUBLISHED_IDS, build_lookalike
 from builders import ONE_LEVEL, SMALL_KWARGS
@@ -79,7 +74,7 @@ def test_tiles_equal_whole_volume_beyond_the_receptive_field(packages, cyst, mod
 
 def test_biapy_style_package_halo_and_no_sigmoid(packages, cyst):
     with Predictor(packages["biapy"], trust=True, margin=RF_SMALL, overlap=2, batch_size=4) as p:
-        assert not p.has_sigmoid
+        assert not p.backend.has_sigmoid
         g = p.geometry(cyst.shape)
         assert g.halo == (10, 10, 10) and g.fixed and p.plan(cyst.shape).axes[0].starts[0] == -10
         tiled = p.predict(cyst)
@@ -122,10 +117,10 @@ def test_channel_order_from_names(packages, tmp_path, cyst):
 def test_tile_requests_are_checked(packages):
     from bioimageio.spec import load_description
 
-    fixed = load_description(packages["happy-honeybee"] / "rdf.yaml", perform_io_checks=False)
+    fixed = description_sizes(load_description(packages["happy-honeybee"] / "rdf.yaml", perform_io_checks=False))
     with pytest.raises(ConfigError, match="takes fixed tiles of 32 x 32 x 32"):
         tile_geometry(fixed, None, (16, 32, 32))
-    param = load_description(packages["param"] / "rdf.yaml", perform_io_checks=False)
+    param = description_sizes(load_description(packages["param"] / "rdf.yaml", perform_io_checks=False))
     with pytest.raises(ConfigError, match=r"--tile 20 along y does not fit .* 16 \+ n x 8 voxels \(16, 24, 32, 40"):
         tile_geometry(param, None, (12, 20, 24))
     g = tile_geometry(param, (100, 400, 400), None)
@@ -176,7 +171,7 @@ def test_parameterised_package_and_batches(packages, cyst):
 
 
 def test_torchscript_runs_without_importing_python(packages, tmp_path, cyst):
-    from cartocell_bmz.bmz.safety import sha256_file
+    from cartocell_bmz.io.hashing import sha256_file
 
     pkg = tmp_path / "ts"
     shutil.copytree(packages["param"], pkg)
@@ -361,13 +356,13 @@ def test_cpu_networks_run_channels_last_with_the_same_probabilities(packages, cy
     """The runner converts the loaded network to channels-last order; outputs stay those of the default order."""
     import torch
 
-    from cartocell_bmz.run.predictor import use_channels_last
+    from cartocell_bmz.run.backends import use_channels_last
 
     def kernels(net):
         return [t for t in net.parameters() if t.dim() == 5]
 
     with Predictor(packages["param"], weights=weights, trust=True, device="cpu") as p:
-        (_, net), = list(p._pipeline._adapter._model_queue.queue)
+        (_, net), = list(p.backend.pipeline._adapter._model_queue.queue)
         assert kernels(net) and all(t.is_contiguous(memory_format=torch.channels_last_3d) for t in kernels(net))
         assert not all(t.is_contiguous() for t in kernels(net))
         tiles = p.normalize(cyst)[None, :16, :32, :32].copy()
@@ -381,7 +376,7 @@ def test_cpu_networks_run_channels_last_with_the_same_probabilities(packages, cy
 
 
 def test_edge_errors_add_up_where_the_edges_of_several_axes_meet():
-    from cartocell_bmz.run.predictor import EDGE_TOLERANCE, EdgeMargins
+    from cartocell_bmz.run.margins import EDGE_TOLERANCE, EdgeMargins
 
     nan, inf = float("nan"), float("inf")
 
@@ -394,3 +389,82 @@ def test_edge_errors_add_up_where_the_edges_of_several_axes_meet():
     assert not em((each, each, nan)).met  # each axis alone would pass; where they meet, not
     assert not em((inf, 0.0, 0.0)).met
     assert em((each, each, inf), floor=(0.001, 0.0, 0.002)).worst == pytest.approx(2 * each + 0.003)
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+@pytest.fixture(scope="module")
+def run_and_package(tmp_path_factory):
+    """A tiny training run (builders.make_run) and the BMZ package exported from it (a folder)."""
+    from builders import make_run, write_cyst
+
+    from cartocell_bmz.bmz.export import PackageMetadata, build_package
+
+    root = tmp_path_factory.mktemp("run_pkg")
+    run = make_run(root / "run")
+    package = build_package(run, root / "pkg", format="folder", test_volume=write_cyst(root / "cyst.tif"),
+                            metadata=PackageMetadata(name="cartocell-bmz run test", authors=("A. Tester",)))
+    return run, package
+
+
+@pytest.fixture(scope="module")
+def cyst16():
+    from cartocell_bmz.core.phantoms import make_cyst
+
+    return make_cyst((16, 48, 48), (1.0, 0.5, 0.5), stage="day10", seed=5).raw.astype(np.float32)
+
+
+@pytest.mark.filterwarnings("ignore::cartocell_bmz.errors.CartoCellWarning")  # z: the tile is the volume's
+def test_training_run_tiles_equal_whole_volume(run_and_package, cyst16, monkeypatch):
+    from cartocell_bmz.train.run import TrainingRun
+
+    run, _ = run_and_package
+    with Predictor(run, tile=(16, 32, 32)) as p:
+        assert isinstance(p.model, TrainingRun) and p.weights == "run-best" and p.device == "cpu"
+        plan = p.plan(cyst16.shape)
+        assert plan.grid == (1, 2, 2) and all(s % 2 == 0 for a in plan.axes[1:] for s in a.starts)
+        em = p.edge_margins(p.geometry(cyst16.shape))
+        assert em.measured and em.margin[1] >= 2  # measured on the probes, as for packages
+        tiled = p.predict(cyst16)
+        whole = predict_whole(p, cyst16)
+    assert tiled.shape == (3, *cyst16.shape) and tiled.dtype == np.float32 and tiled.std() > 0.01
+    assert 0 <= tiled.min() and tiled.max() <= 1
+    assert np.abs(tiled - whole).max() <= 0.01
+    # the margins are cached under the sha256 of best.pt: a second predictor does not measure
+    monkeypatch.setattr(Predictor, "_measure_margins", lambda self, g: pytest.fail("measured again"))
+    with Predictor(run, tile=(16, 32, 32)) as again:
+        assert again.edge_margins(again.geometry(cyst16.shape)).margin == em.margin
+        # by default one tile holds a small volume: exactly the whole-volume prediction
+        assert np.abs(Predictor(run).predict(cyst16) - whole).max() < 1e-5
+
+
+def test_a_run_and_its_package_give_the_same_probabilities(run_and_package, cyst16):
+    """The same network, normalisation and tiler through plain torch and through bioimageio.core.
+
+    The package mirrors its halo around the volume (as bioimageio.core does) where the run's
+    network pads with zeros; given the same mirrored border the two agree.
+    """
+    run, package = run_and_package
+    with Predictor(run) as r, Predictor(package, trust=True) as p:
+        norm = r.normalize(cyst16)
+        assert np.array_equal(norm, p.normalize(cyst16))  # the same statistics, bit for bit
+        halo = p.geometry(cyst16.shape).halo
+        assert min(halo) > 0
+        from_package = p.predict(cyst16)
+        padded = np.pad(norm, [(h, h) for h in halo], mode="reflect")
+        from_run = r.predict_normalized(padded)[(slice(None), *(slice(h, h + s) for h, s in zip(halo, cyst16.shape)))]
+    assert from_package.std() > 0.01
+    assert np.abs(from_run - from_package).max() <= 0.01
+
+
+def test_training_run_options_are_checked(run_and_package, tmp_path):
+    run, _ = run_and_package
+    with pytest.raises(ConfigError, match="is for BMZ packages"):
+        Predictor(run, weights="torchscript")
+    with pytest.raises(ConfigError, match="checkpoint must be 'best' or 'last'"):
+        Predictor(run, checkpoint="first")
+    with pytest.raises(ModelError, match="last.pt: checkpoint not found"):
+        Predictor(run, checkpoint="last")
+    with pytest.raises(ConfigError, match=r"--tile 15 along y does not fit"):
+        Predictor(run, tile=(16, 15, 32))  # sizes are multiples of the divisor (1, 2, 2)

@@ -1,4 +1,4 @@
-"""Tests of training (cartocell_bmz.train.loop), augmentation, inference and the train command."""
+"""Tests of training (cartocell_bmz.train.loop), augmentation, predicting a trained run and the train command."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cartocell_bmz.train.augment import Augmentations, random_patch
-from cartocell_bmz.errors import ConfigError, InputError, ModelError
+from cartocell_bmz.errors import ConfigError, InputError
 from cartocell_bmz.train.loop import LOG_COLUMNS, TrainConfig, _patch_for, read_log, read_status, train
 
 torch = pytest.importorskip("torch")
@@ -288,32 +288,25 @@ def test_early_stopping_stops_after_patience(tmp_path, tiny_dataset):
     assert log[-1]["epoch"] == summary.best_epoch + 1
 
 
-# --------------------------------------------------------------------------- inference
+# --------------------------------------------------------------------------- prediction
 
 
-def test_predict_run_tiles_agree_with_whole_volume(straight_run, small_cyst):
-    from cartocell_bmz.run.inference import load_run, predict_loaded, predict_run
+def test_a_trained_run_is_predicted_by_the_predictor(straight_run, small_cyst):
+    """The run folder training writes is what :class:`~cartocell_bmz.run.predictor.Predictor` reads."""
+    from cartocell_bmz.run.predictor import Predictor, predict_whole
 
     run, _ = straight_run
-    probs = predict_run(run, small_cyst.raw, device="cpu")
+    with Predictor(run, device="cpu") as p:
+        probs = p.predict(small_cyst.raw)
+        whole = predict_whole(p, small_cyst.raw)
     assert probs.shape == (3,) + small_cyst.raw.shape and probs.dtype == np.float32
     assert 0.0 <= probs.min() and probs.max() <= 1.0
-    loaded = load_run(run, device="cpu")
-    whole = predict_loaded(loaded, small_cyst.raw, tile=(16, 48, 48))
-    tiled = predict_loaded(loaded, small_cyst.raw, tile=(8, 24, 24))
-    assert np.abs(whole - probs).max() < 0.2
+    assert np.abs(probs - whole).max() < 1e-5  # a small volume is one tile
+    with Predictor(run, device="cpu", tile=(8, 24, 24), margin=(2, 4, 4), overlap=2) as p:
+        assert p.plan(small_cyst.raw.shape).n_tiles > 1
+        tiled = p.predict(small_cyst.raw)
     assert np.mean(np.abs(whole - tiled)) < 0.02
     assert np.mean((whole > 0.5) == (tiled > 0.5)) > 0.98
-
-
-def test_load_run_errors(tmp_path):
-    from cartocell_bmz.run.inference import load_run
-
-    with pytest.raises(ModelError, match="model.json"):
-        load_run(tmp_path)
-    (tmp_path / "model.json").write_text(json.dumps({"arch": "resunet", "kwargs": {}}))
-    with pytest.raises(ModelError, match="checkpoint"):
-        load_run(tmp_path)
 
 
 # --------------------------------------------------------------------------- command line
