@@ -1,0 +1,228 @@
+"""Voxel faces between regions and the area they stand for, in µm².
+
+Two steps :func:`cartocell_bmz.core.morphology.measure_cyst` builds on:
+
+1. :func:`face_list` -- every voxel face between two different regions (cell/cell,
+   cell/background), 6-connected, in one vectorised pass over the volume.
+2. :func:`face_areas` -- the area each face stands for.  Counting faces would give a
+   sphere 1.5 times its area (each face is the projection of a tilted piece of
+   surface); a face of axis ``e`` instead weighs ``|n_e|`` times its area, ``n`` being
+   the unit normal of the surface there, which is exact for any orientation if ``n``
+   is.  ``n`` is the vector area (the sum of the signed face vectors) of the faces of
+   the *same contact* (the same pair of regions) within a window of 3 x 3 x 3 blocks of
+   ``window`` voxels around the face: a staircase of faces has the vector area of the
+   smooth surface it digitises, and keeping contacts apart keeps sharp the edges where
+   a lateral wall meets the apical surface.  Where the faces of one orientation in the
+   window all lie in one plane (the flat side of a box), the normal is that axis.
+
+Measured error (:func:`surface_area`, ``window=2``; ``tests/core/test_morphology.py``):
+digital balls of radius 10 and 20 voxels within 1 %, also at spacing (1, 0.5, 0.5) and
+(2, 1, 1); radius 5 within 1.5 % (up to -7 % when centred on a voxel); axis-aligned boxes
+exact; a box turned off the axes -8 % (its edges are rounded over the window).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+#: Offsets of the background classes above the number of cells ``n``: lumen ``n + 1``,
+#: outside ``n + 2``, pockets ``n + 3``.
+LUMEN, OUTSIDE, POCKET = 1, 2, 3
+#: Side of the blocks of the normal window, in voxels along each axis (window = 3 blocks).
+DEFAULT_WINDOW = 2
+#: Weight of a face whose window's faces cancel out and are not flat (no normal): the
+#: mean of ``|n_e|`` over random orientations, so that faces count as on average.
+_NO_NORMAL_WEIGHT = 2.0 / 3.0
+
+
+@dataclass(frozen=True)
+class Faces:
+    """Voxel faces between different regions, one row per face.
+
+    Attributes
+    ----------
+    axis : numpy.ndarray
+        ``int8``, the axis (0 z, 1 y, 2 x) the face is perpendicular to.
+    pos : numpy.ndarray
+        ``(F, 3)`` ``int32`` index of the voxel on the lower side of the face.
+    lo, hi : numpy.ndarray
+        Region codes on either side, ``lo < hi`` (cells ``1..n`` come before the
+        background classes).
+    sign : numpy.ndarray
+        ``int8``, +1 when ``lo`` is the lower voxel (the outward normal of ``lo`` points
+        along +axis), -1 otherwise.
+    """
+
+    axis: np.ndarray
+    pos: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    sign: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.axis)
+
+
+def face_list(code: np.ndarray) -> Faces:
+    """All voxel faces between voxels of different codes (6-connectivity).
+
+    Parameters
+    ----------
+    code : numpy.ndarray
+        ``(Z, Y, X)`` region codes.
+
+    Returns
+    -------
+    Faces
+    """
+    parts = []
+    for axis in range(3):
+        lower = [slice(None)] * 3
+        upper = [slice(None)] * 3
+        lower[axis], upper[axis] = slice(0, -1), slice(1, None)
+        a, b = code[tuple(lower)], code[tuple(upper)]
+        differ = a != b
+        flat = np.flatnonzero(differ)
+        pos = np.stack(np.unravel_index(flat, differ.shape), axis=1).astype(np.int32)
+        del flat
+        ca, cb = a[differ], b[differ]
+        del differ
+        lo, hi = np.minimum(ca, cb), np.maximum(ca, cb)
+        sign = np.where(ca == lo, 1, -1).astype(np.int8)
+        parts.append((np.full(len(lo), axis, np.int8), pos, lo, hi, sign))
+    return Faces(*(np.concatenate([p[k] for p in parts]) for k in range(5)))
+
+
+def contact_index(faces: Faces) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Number the contacts (pairs of regions) of ``faces``.
+
+    Returns
+    -------
+    lo, hi : numpy.ndarray
+        ``int64`` regions of each contact, sorted by ``(lo, hi)``.
+    contact : numpy.ndarray
+        ``int64`` contact of each face.
+    """
+    top = int(faces.hi.max()) + 1 if len(faces) else 1
+    pairs, contact = np.unique(faces.lo.astype(np.int64) * top + faces.hi, return_inverse=True)
+    lo, hi = np.divmod(pairs, top)
+    return lo, hi, contact.reshape(-1)
+
+
+def face_areas(
+    faces: Faces, spacing: Sequence[float], window: int = DEFAULT_WINDOW, contact: np.ndarray | None = None
+) -> np.ndarray:
+    """Area in µm² of the piece of surface each face stands for.
+
+    Parameters
+    ----------
+    faces : Faces
+        From :func:`face_list`.
+    spacing : sequence of 3 floats
+        Voxel size ``(z, y, x)`` in micrometres.
+    window : int
+        Block side in voxels; the normal of a face comes from the faces of the same
+        contact in the 3 x 3 x 3 blocks around its block (``3 * window`` voxels wide).
+    contact : numpy.ndarray, optional
+        Contact of each face (:func:`contact_index`), if already known.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float64`` area per face; their sum over a contact is the contact's area.
+    """
+    spacing = np.asarray(spacing, float)
+    face_area = np.array([spacing[1] * spacing[2], spacing[0] * spacing[2], spacing[0] * spacing[1]])
+    n = len(faces)
+    if n == 0:
+        return np.zeros(0)
+    area = face_area[faces.axis]
+    block = faces.pos // window + 1  # a margin of one block: neighbours never wrap
+    dims = block.max(axis=0).astype(np.int64) + 2
+    strides = np.array([dims[1] * dims[2], dims[2], 1], np.int64)
+    if contact is None:
+        contact = contact_index(faces)[2]
+    key = contact * int(np.prod(dims))
+    for axis in range(3):
+        key += block[:, axis] * strides[axis]
+    del block
+    ukey, inv = np.unique(key, return_inverse=True)
+    del key
+    k = len(ukey)
+    # Per block: the vector area (3 columns) and, per orientation (axis, sign), the
+    # count, sum and sum of squares of the levels of its faces (18 columns).
+    channel = faces.axis.astype(np.int64) * 2 + (faces.sign > 0)
+    level = faces.pos[np.arange(n), faces.axis].astype(np.float64)
+    level -= level.mean()
+    per_block = np.zeros((k, 21))
+    signed = area * faces.sign
+    for axis in range(3):
+        sel = faces.axis == axis
+        per_block[:, axis] = np.bincount(inv[sel], weights=signed[sel], minlength=k)
+    slot = inv * 6 + channel
+    for j, w in enumerate((None, level, level * level)):
+        per_block[:, 3 + 6 * j : 9 + 6 * j] = np.bincount(slot, weights=w, minlength=6 * k).reshape(k, 6)
+    win = _window_matrix(ukey, strides) @ per_block
+    del per_block
+    normal = win[inv, :3]
+    length = np.sqrt(np.einsum("ij,ij->i", normal, normal))
+    weight = np.full(n, _NO_NORMAL_WEIGHT)
+    ok = length > 0
+    weight[ok] = np.abs(normal[ok, faces.axis[ok]]) / length[ok]
+    count, total, squares = (win[inv, 3 + 6 * j + channel] for j in range(3))
+    flat = count * squares - total * total <= 1e-6 * count * count  # one level in the window
+    weight[flat] = 1.0
+    return weight * area
+
+
+def _window_matrix(ukey: np.ndarray, strides: np.ndarray):
+    """Sparse ``(k, k)`` matrix: row ``i`` has a 1 at each block of the 3 x 3 x 3 window around block ``i``.
+
+    ``ukey`` is sorted; the neighbours at -1 and +1 along x sit next to the block of
+    the same z and y offset, so 8 searches serve all 26 offsets.
+    """
+    from scipy.sparse import csr_matrix
+
+    k = len(ukey)
+    padded = np.append(ukey, np.iinfo(np.int64).max)
+    shifts = np.array([dz * strides[0] + dy * strides[1] for dz in (-1, 0, 1) for dy in (-1, 0, 1)], np.int64)
+    base = ukey[None, :] + shifts[:, None]  # (9, k)
+    at = np.searchsorted(ukey, base)
+    present = padded[at] == base
+    cols = np.empty((k, 27), np.int64)
+    for j, where in enumerate((np.maximum(at - 1, 0), at, at + present)):
+        cols[:, j::3] = np.where(padded[where] == base + (j - 1), where, -1).T
+    found = cols >= 0
+    indptr = np.concatenate([[0], np.cumsum(found.sum(axis=1))])
+    indices = cols[found]
+    return csr_matrix((np.ones(len(indices)), indices, indptr), shape=(k, k))
+
+
+def surface_area(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), window: int = DEFAULT_WINDOW) -> float:
+    """Surface area in µm² of a binary 3D object, by the estimator of :func:`face_areas`.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        ``(Z, Y, X)`` boolean object; the volume border counts as outside.
+    spacing : sequence of 3 floats
+        Voxel size ``(z, y, x)`` in micrometres.
+    window : int
+        See :func:`face_areas`.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> box = np.zeros((12, 12, 12), bool)
+    >>> box[2:10, 2:10, 2:6] = True
+    >>> surface_area(box, spacing=(1, 1, 1))  # 2 * (8*8 + 8*4 + 8*4), exact for a box
+    256.0
+    """
+    code = np.pad(np.asarray(mask, bool), 1).astype(np.uint8)
+    return float(face_areas(face_list(code), spacing, window).sum())
