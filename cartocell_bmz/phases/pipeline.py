@@ -29,7 +29,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from cartocell_bmz.errors import ConfigError, InputError
 from cartocell_bmz.train.run import MODEL_JSON
@@ -129,6 +129,7 @@ def run_pipeline(
     overrides: Mapping[str, Any] | None = None,
     postprocess_config: Any = None,
     show_progress: bool = True,
+    progress: Callable[..., None] | None = None,
 ) -> PipelineResult:
     """Run CartoCell's phases 2-5 on a dataset, resuming whatever is already done.
 
@@ -154,7 +155,10 @@ def run_pipeline(
     postprocess_config : PostprocessConfig, optional
         Watershed and Voronoi settings for pseudo-labels and evaluation.
     show_progress : bool
-        Print the phases and show progress bars.
+        Print the phases and the trainings' progress.
+    progress : callable, optional
+        ``progress(done, total, message)`` of the pseudo-labelling and of each
+        evaluation (:mod:`cartocell_bmz.io.progress`).
 
     Returns
     -------
@@ -199,7 +203,7 @@ def run_pipeline(
     t = time.perf_counter()
     pseudo = pseudo_label(
         out / "M1", root / "train_M2" / RAW_DIR, pl_dir, config=postprocess_config, device=device,
-        fresh=stale, show_progress=show_progress,
+        fresh=stale, progress=progress,
     )
     timings["pseudo_labels"] = time.perf_counter() - t
     say(f"  {pseudo}")
@@ -222,7 +226,7 @@ def run_pipeline(
         t = time.perf_counter()
         summaries[name] = evaluate_run(
             out / name, root / "test", out / f"eval_{name}", postprocess_config=postprocess_config,
-            device=device, show_progress=show_progress,
+            device=device, progress=progress,
         )
         timings[f"eval_{name}"] = time.perf_counter() - t
 
@@ -246,7 +250,7 @@ def evaluate_run(
     *,
     postprocess_config: Any = None,
     device: str = "auto",
-    show_progress: bool = False,
+    progress: Callable[..., None] | None = None,
 ) -> dict:
     """Predict, post-process and evaluate a training run on a test split.
 
@@ -255,6 +259,19 @@ def evaluate_run(
     evaluation of the Voronoi cells (:func:`cartocell_bmz.run.evaluate.evaluate_folder`).
     Volumes already predicted by the same weights are kept; a finished
     evaluation of the same weights on the same test volumes is returned at once.
+    The run is predicted by :class:`~cartocell_bmz.run.predictor.Predictor`, tiled as
+    the benchmark tiles a package.
+
+    Parameters
+    ----------
+    run_dir, test_dir, out_dir : path-like
+        The training run, the test split (``x/``, ``y/``) and the output folder.
+    postprocess_config : PostprocessConfig, optional
+        Watershed and Voronoi settings.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+    progress : callable, optional
+        ``progress(done, total, message)`` of the evaluation.
 
     Returns
     -------
@@ -308,7 +325,7 @@ def evaluate_run(
     target_mode = read_run(run_dir, complete=False).target_mode
     summary = evaluate_folder(
         gt_dir=test_dir / LABEL_DIR, pred_dir=out / VORONOI_DIR, out_dir=out, probs_dir=out / PROBS_DIR,
-        mode=target_mode if target_mode != "unknown" else "cartocell", show_progress=show_progress,
+        mode=target_mode if target_mode != "unknown" else "cartocell", progress=progress,
     )
     _write_json(out / "status.json", {"finished": True, "model": str(run_dir), "model_sha256": sha, "volumes": names})
     return summary

@@ -165,7 +165,7 @@ def pseudo_label(
     config: Any = None,
     device: str = "auto",
     fresh: bool = False,
-    show_progress: bool = True,
+    progress: Callable[..., None] | None = None,
     predictor: Predictor | None = None,
 ) -> PseudoLabelSummary:
     """Segment every raw volume of a folder and write them as a training set.
@@ -188,8 +188,9 @@ def pseudo_label(
     fresh : bool
         Redo every volume; otherwise finished volumes are kept.  Without
         ``fresh``, an output folder labelled by another model is an error.
-    show_progress : bool
-        Show a progress bar.
+    progress : callable, optional
+        ``progress(done, total, message)`` per volume (:mod:`cartocell_bmz.io.progress`),
+        with the tiles of the volume being predicted as sub-steps.
     predictor : callable, optional
         Use this raw -> probabilities function instead of loading ``model``
         (``model`` then only names it in ``status.json``).
@@ -208,6 +209,7 @@ def pseudo_label(
         The input folder is missing, empty or holds unreadable volumes.
     """
     from cartocell_bmz.core.spacing import check_spacing
+    from cartocell_bmz.io.progress import nested, steps
     from cartocell_bmz.io.volumes import atomic_open, ensure_output_dir, list_volumes, read_volume, write_volume
 
     t0 = time.perf_counter()
@@ -253,22 +255,22 @@ def pseudo_label(
 
             loaded = ModelPredictor(model, device=device)  # a training run or a BMZ package, tiled alike
         run_predictor = predictor or loaded.predict
-    bar = _Bar(len(todo), show_progress)
     try:
-        for raw_path in todo:
+        for i, raw_path in steps(todo, progress, describe=lambda p: p.name, finished="pseudo-labels written"):
             t1 = time.perf_counter()
             vol = read_volume(raw_path, "image")
             sp = spacing or vol.spacing
-            _, _, voronoi = segment_volume(run_predictor, vol.data, sp, config)
+            tiles = nested(progress, i, len(todo), raw_path.name)
+            volume_predictor = run_predictor if loaded is None else (
+                lambda volume: loaded.predict(volume, progress=tiles))
+            _, _, voronoi = segment_volume(volume_predictor, vol.data, sp, config)
             voronoi = _label_dtype(voronoi)
             write_volume(y_dir / raw_path.name, voronoi, sp, compress=True)
             _link_or_copy(raw_path, x_dir / raw_path.name)
             n_cells = int(len(np.unique(voronoi)) - (1 if (voronoi == 0).any() else 0))
             table[raw_path.name] = {"volume": raw_path.name, "cells": n_cells, "seconds": round(time.perf_counter() - t1, 2)}
             _write_table(out / TABLE_CSV, table)
-            bar.advance(f"{raw_path.name}: {n_cells} cells")
     finally:
-        bar.stop()
         if loaded is not None:
             loaded.close()
     write_status(True)
@@ -311,23 +313,3 @@ def _write_table(path: Path, table: dict[str, dict]) -> None:
         writer.writeheader()
         for name in sorted(table):
             writer.writerow({k: table[name][k] for k in ("volume", "cells", "seconds")})
-
-
-class _Bar:
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.bar = None
-        if enabled and total:
-            from rich.progress import Progress
-
-            self.bar = Progress(transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task("pseudo-labels", total=total)
-
-    def advance(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, description=message)
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None

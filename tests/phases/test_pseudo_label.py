@@ -62,8 +62,11 @@ def test_pseudo_labels_from_ideal_probabilities_recover_the_cells(tmp_path):
         cyst = make_cyst((32, 64, 64), (1.0, 0.5, 0.5), stage=stage, seed=11)
         write_volume(split / "x" / f"c{i}.tif", cyst.raw, cyst.spacing)
         write_volume(split / "y" / f"c{i}.tif", cyst.labels, cyst.spacing)
-    summary = pseudo_label("ideal", split / "x", tmp_path / "out", predictor=ideal_predictor(split), show_progress=False)
+    events = []
+    summary = pseudo_label("ideal", split / "x", tmp_path / "out", predictor=ideal_predictor(split),
+                           progress=lambda *event: events.append(event))
     assert summary.n_volumes == summary.n_new == 2
+    assert events == [(0, 2, "c0.tif"), (1, 2, "c1.tif"), (2, 2, "pseudo-labels written")]
     for raw in list_volumes(split / "x"):
         got = read_volume(tmp_path / "out" / "y" / raw.name, "labels")
         truth = read_volume(split / "y" / raw.name, "labels")
@@ -78,7 +81,7 @@ def test_pseudo_label_writes_a_training_set_and_resumes(tmp_path, tiny_dataset, 
 
     src = tiny_dataset / "train_M2" / "x"
     out = tmp_path / "pl"
-    summary = pseudo_label(tiny_run, src, out, device="cpu", show_progress=False)
+    summary = pseudo_label(tiny_run, src, out, device="cpu")
     assert summary.n_new == 2 and len(training_pairs(out)) == 2
     for raw in list_volumes(src):
         assert (out / "x" / raw.name).read_bytes() == raw.read_bytes()
@@ -91,24 +94,24 @@ def test_pseudo_label_writes_a_training_set_and_resumes(tmp_path, tiny_dataset, 
 
     # a second call keeps finished volumes; a missing label is redone
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "y").iterdir()}
-    assert pseudo_label(tiny_run, src, out, device="cpu", show_progress=False).n_new == 0
+    assert pseudo_label(tiny_run, src, out, device="cpu").n_new == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "y").iterdir()} == stamps
     victim = sorted((out / "y").iterdir())[0]
     victim.unlink()
-    again = pseudo_label(tiny_run, src, out, device="cpu", show_progress=False)
+    again = pseudo_label(tiny_run, src, out, device="cpu")
     assert again.n_new == 1 and victim.is_file()
 
 
 def test_labels_of_another_model_are_not_mixed(tmp_path, tiny_dataset, tiny_run):
     src = tiny_dataset / "train_M2"  # a split folder works as well as its x/
     out = tmp_path / "pl"
-    pseudo_label(tiny_run, src, out, device="cpu", show_progress=False)
+    pseudo_label(tiny_run, src, out, device="cpu")
     status = json.loads((out / "status.json").read_text())
     status["model_sha256"] = "0" * 64
     (out / "status.json").write_text(json.dumps(status))
     with pytest.raises(ConfigError, match="another model"):
-        pseudo_label(tiny_run, src, out, device="cpu", show_progress=False)
-    assert pseudo_label(tiny_run, src, out, device="cpu", fresh=True, show_progress=False).n_new == 2
+        pseudo_label(tiny_run, src, out, device="cpu")
+    assert pseudo_label(tiny_run, src, out, device="cpu", fresh=True).n_new == 2
 
 
 def test_bad_models_and_inputs(tmp_path, tiny_dataset, tiny_run):
@@ -117,9 +120,9 @@ def test_bad_models_and_inputs(tmp_path, tiny_dataset, tiny_run):
     with pytest.raises(ModelError):
         Predictor(tmp_path)  # an empty folder: neither a training run nor a package
     with pytest.raises(InputError, match="not found"):
-        pseudo_label(tiny_run, tmp_path / "missing", tmp_path / "out", show_progress=False)
+        pseudo_label(tiny_run, tmp_path / "missing", tmp_path / "out")
     with pytest.raises(ConfigError, match="spacing"):
-        pseudo_label(tiny_run, tiny_dataset / "train_M2", tmp_path / "out", spacing=(1, 0, 1), show_progress=False)
+        pseudo_label(tiny_run, tiny_dataset / "train_M2", tmp_path / "out", spacing=(1, 0, 1))
 
 
 def test_model_fingerprint_names_the_weights(tmp_path, tiny_run):

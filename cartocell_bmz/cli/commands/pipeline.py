@@ -24,9 +24,12 @@ def command(
 
     Writes OUT/M1, OUT/pseudo_labels/{x,y}, OUT/M2 (or OUT/M2_<arch>), OUT/eval_M1, OUT/eval_M2 and OUT/comparison.{json,md} (F1, PQ, MTS at IoU 0.5 and 0.75; IoU of B, C, M). Run the same command again to continue after an interruption.
     """
+    from cartocell_bmz.cli.progress import RichProgress
     from cartocell_bmz.phases.pipeline import run_pipeline
 
-    run_pipeline(
-        data_root, out, preset=preset, arch_m1=arch_m1, arch_m2=list(arch_m2) if arch_m2 else "resunet",
-        seed=seed, device=device, overrides={"epochs": epochs} if epochs else None, show_progress=True,
-    )
+    with RichProgress(transient=True) as progress:
+        run_pipeline(
+            data_root, out, preset=preset, arch_m1=arch_m1, arch_m2=list(arch_m2) if arch_m2 else "resunet",
+            seed=seed, device=device, overrides={"epochs": epochs} if epochs else None, show_progress=True,
+            progress=progress,
+        )

@@ -22,8 +22,10 @@ def command(
 
     OUT becomes a training set (OUT/x, OUT/y with the same file names) for 'cartocell-bmz train --train OUT'. Finished volumes are kept, so an interrupted run continues when started again.
     """
+    from cartocell_bmz.cli.progress import RichProgress
     from cartocell_bmz.phases.pseudo_label import pseudo_label
 
-    summary = pseudo_label(model, input, out, spacing=tuple(spacing) if spacing else None, device=device,
-                           fresh=fresh, show_progress=True)
+    with RichProgress(transient=True) as progress:
+        summary = pseudo_label(model, input, out, spacing=tuple(spacing) if spacing else None, device=device,
+                               fresh=fresh, progress=progress)
     typer.echo(str(summary))
