@@ -160,11 +160,12 @@ def measure_cyst(
     _shapes(cells, runs, n, sp, origin, bg)
     cells["cut"] = _cut_cells(vol, volume_sides, ids)
     cells["valid"] = (cells["apical_faces"] > 0) & (cells["basal_faces"] > 0) & ~cells["cut"] & (cells["pieces"] == 1)
-    cells["cell"] = ids
+    cells["cell"] = ids.astype(np.int64)
     if bg["lumen_volume_vox"] == 0:
         warnings.warn("no lumen (no background enclosed by the cells): no apical surface, no valid cell.",
                       CartoCellWarning, stacklevel=2)
     cyst = _cyst_row(cells, bg, sp, params)
+    ids = ids.astype(np.int64)
     pairs["cell_a"], pairs["cell_b"] = ids[pairs.pop("a") - 1], ids[pairs.pop("b") - 1]
     return CystMeasures(cells=_order_cells(cells), neighbours=_order_pairs(pairs), cyst=cyst, params=params)
 
