@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from cartocell_bmz.errors import ModelError
+from cartocell_bmz.bmz.formats import RDF_NAMES
+from cartocell_bmz.errors import ModelError, one_line
 from cartocell_bmz.io.hashing import sha256_file  # re-exported: the package checks hash with it
 
 #: Most files a package zip may hold.
@@ -40,9 +41,6 @@ MAX_UNPACKED_BYTES = 4 * 1024**3
 MAX_RATIO = 200
 #: Members smaller than this are not ratio-checked (tiny text files compress well).
 RATIO_MIN_BYTES = 1024**2
-
-#: File names of a package's description, in order of preference.
-RDF_NAMES: tuple[str, ...] = ("rdf.yaml", "bioimageio.yaml")
 
 #: Axes of a CartoCell model's input and output tensors.
 CARTOCELL_AXES: tuple[str, ...] = ("batch", "channel", "z", "y", "x")
@@ -215,8 +213,7 @@ def read_rdf(path: str | os.PathLike) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         content = yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"{path}: cannot be read as a YAML model description ({reason}).") from None
+        raise ModelError(f"{path}: cannot be read as a YAML model description ({one_line(exc)}).") from None
     if not isinstance(content, dict):
         raise ModelError(f"{path}: is not a model description (no key: value fields).")
     kind = content.get("type")

@@ -7,10 +7,8 @@ packaged once per module, offline (any network attempt fails the test).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import socket
 import subprocess
 import sys
 import zipfile
@@ -20,24 +18,13 @@ import numpy as np
 import pytest
 import yaml
 
-from cartocell_bmz import networks
-from builders import TINY, make_run, no_network, write_cyst
+from builders import make_run, no_network, write_cyst
 from cartocell_bmz.errors import ConfigError, InputError, ModelError, OutputError
 from cartocell_bmz.layout import CHANNELS
-from cartocell_bmz.bmz.export import (
-    CHANNEL_NAMES,
-    INPUT_ID,
-    OUTPUT_ID,
-    AxisSizes,
-    PackageMetadata,
-    blocked_difference,
-    build_package,
-    figures_markdown,
-    halo_units,
-    load_network,
-    read_figures,
-    read_run,
-)
+from cartocell_bmz.bmz.contents import CHANNEL_NAMES, INPUT_ID, OUTPUT_ID
+from cartocell_bmz.bmz.export import PackageMetadata, build_package
+from cartocell_bmz.bmz.halo import AxisSizes, blocked_difference, halo_units
+from cartocell_bmz.train.run import load_network, read_run
 
 FIGURES = {"n_images": 4, "IoU_B": 0.81, "instances": {"F1@0.5": 0.92, "PQ@0.5": 0.78}}
 METADATA = PackageMetadata(name="cartocell-bmz synthetic test net", authors=("A. Tester", "B. Tester"), version="0.2.0")
@@ -386,59 +373,3 @@ def test_bad_options_give_one_line_errors(tmp_path, built):
     with pytest.raises(InputError, match="smaller than the package's minimum"):
         build_package(run, tmp_path / "p.zip", test_volume=tiny, metadata=PackageMetadata(halo=(6, 8, 8)))
     assert not (tmp_path / "p.zip").exists()
-
-
-def test_evaluate_summary_becomes_the_published_columns():
-    summary = {
-        "n_images": 3, "target_mode": "cartocell", "channel_iou": {"B": 0.8, "C": 0.5, "M": 0.9},
-        "dataset": {
-            "0.3": {"precision": 1.0, "recall": 0.9, "f1": 0.95, "panoptic_quality": 0.8, "mean_true_score": 0.7,
-                    "tp": 9, "fp": 0, "fn": 1},
-            "0.5": {"precision": 0.9, "recall": 0.8, "f1": 0.85, "panoptic_quality": 0.7, "mean_true_score": 0.6,
-                    "tp": 8, "fp": 1, "fn": 2},
-            "0.75": {"precision": 0.5, "recall": 0.4, "f1": 0.45, "panoptic_quality": 0.35, "mean_true_score": 0.3,
-                     "tp": 4, "fp": 5, "fn": 6},
-        },
-        "by_image": {}, "pooled": {},
-    }
-    lines = figures_markdown(summary)
-    assert "| IoU B | IoU C | IoU M | F1@0.5 | PQ@0.5 | MTS@0.5 | F1@0.75 | PQ@0.75 |" in lines
-    assert "| 0.800 | 0.500 | 0.900 | 0.850 | 0.700 | 0.600 | 0.450 | 0.350 |" in lines
-    assert "| 0.75 | 0.500 | 0.400 | 0.450 | 0.350 | 0.300 | 4 | 5 | 6 |" in lines
-    assert lines[0].startswith("Test set: 3 held-out cysts")
-
-
-def test_read_figures(tmp_path):
-    path = tmp_path / "summary.json"
-    path.write_text(json.dumps({"F1": 0.9}))
-    assert read_figures(path) == {"F1": 0.9}
-    assert read_figures('{"PQ": 0.7}') == {"PQ": 0.7}
-    with pytest.raises(InputError, match="neither a JSON file nor a JSON object"):
-        read_figures("{oops")
-    with pytest.raises(InputError, match="must be a JSON object"):
-        read_figures("[1, 2]")
-
-
-def test_axis_sizes_leave_output_after_cropping_the_halo():
-    sizes = AxisSizes.from_halo((1, 4, 4), (6, 10, 10))
-    assert sizes.minimum == (13, 24, 24) and sizes.step == (1, 4, 4)
-    assert sizes.largest_valid((32, 96, 96), cap=(32, 64, 64)) == (32, 64, 64)
-    assert sizes.largest_valid((20, 30, 30)) == (20, 28, 28)
-    with pytest.raises(InputError):
-        sizes.largest_valid((12, 96, 96))
-    assert halo_units((1, 4, 4)) == (1, 2, 2) and halo_units((4, 8, 8)) == (2, 4, 4)
-
-
-def test_blocked_difference_is_zero_beyond_the_receptive_field_and_not_below():
-    """A 1-level net (two 3x3x3 convs and a 1x1x1 head) sees 2 voxels each way: halo 2 is exact."""
-    import torch
-
-    torch.manual_seed(0)
-    net = networks.build_network("resunet", feature_maps=[4], z_down=[], dropout=0.0).eval()
-    img = np.random.default_rng(0).normal(size=(12, 20, 20)).astype(np.float32)
-    inner = (4, 4, 4)
-    assert blocked_difference(net, img, (2, 2, 2), inner) < 1e-5
-    assert blocked_difference(net, img, (1, 1, 1), inner) > 1e-3
-    # not splitting an axis needs no halo along it
-    assert blocked_difference(net, img, (2, 0, 0), (4, 20, 20)) < 1e-5
-

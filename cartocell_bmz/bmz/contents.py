@@ -1,0 +1,65 @@
+"""What a package cartocell-bmz builds holds, by name: channels, tensor ids, files, tags, citations.
+
+Written by :mod:`~cartocell_bmz.bmz.export` (the files), :mod:`~cartocell_bmz.bmz.description`
+(the ``rdf.yaml``) and :mod:`~cartocell_bmz.bmz.docs` (``documentation.md``, the cover);
+read back by the runner, which finds the channel order from :data:`CHANNEL_NAMES`.
+"""
+
+from __future__ import annotations
+
+from cartocell_bmz.layout import CHANNELS
+
+_CHANNEL_SHORT: dict[str, str] = {"B": "cell_body", "C": "contours", "M": "mask"}
+assert tuple(_CHANNEL_SHORT) == CHANNELS, "one short name per channel of layout.CHANNELS"
+
+#: Output channel names written into packages, in channel order.  Each name
+#: starts with its channel letter (B, C, M), which is how readers (the
+#: cartocell-bmz runner) find the channel order of a package.
+CHANNEL_NAMES: tuple[str, ...] = tuple(f"{c}_{_CHANNEL_SHORT[c]}" for c in CHANNELS)
+
+#: Ids of the package's input and output tensors.
+INPUT_ID = "raw"
+OUTPUT_ID = "probabilities"
+
+#: Tags every package carries; other CartoCell tools recognise packages by them.
+BASE_TAGS: tuple[str, ...] = (
+    "instance-segmentation", "cyst", "3d", "fluorescence", "pytorch", "cartocell",
+    "cartocell-bmz", "epithelium", "cell-segmentation", "synthetic-training-data",
+)
+
+#: The CartoCell paper and BiaPy, cited by every package (text, doi).
+CARTOCELL_CITATION: tuple[str, str] = (
+    "Andres-San Roman J.A., Gordillo-Vazquez C., Franco-Barranco D. et al. CartoCell, a "
+    "high-content pipeline for 3D image analysis, unveils cell morphology patterns in "
+    "epithelia. Cell Reports Methods 3(10), 100597 (2023).",
+    "10.1016/j.crmeth.2023.100597",
+)
+BIAPY_CITATION: tuple[str, str] = (
+    "Franco-Barranco D. et al. BiaPy: accessible deep learning on bioimages. "
+    "Nature Methods (2025).",
+    "10.1038/s41592-025-02699-y",
+)
+
+#: File names inside a package.
+WEIGHTS_FILE = "weights_state_dict.pt"
+TORCHSCRIPT_FILE = "weights_torchscript.pt"
+TEST_INPUT_FILE = "test_input.npy"
+TEST_OUTPUT_FILE = "test_output.npy"
+COVER_FILE = "cover.png"
+DOC_FILE = "documentation.md"
+
+
+__all__ = [
+    "BASE_TAGS",
+    "BIAPY_CITATION",
+    "CARTOCELL_CITATION",
+    "CHANNEL_NAMES",
+    "COVER_FILE",
+    "DOC_FILE",
+    "INPUT_ID",
+    "OUTPUT_ID",
+    "TEST_INPUT_FILE",
+    "TEST_OUTPUT_FILE",
+    "TORCHSCRIPT_FILE",
+    "WEIGHTS_FILE",
+]
