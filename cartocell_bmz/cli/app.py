@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "predict": "predict",
     "benchmark": "benchmark",
     "models": "models",
+    "measure": "measure",
 }
 
 app = typer.Typer(

@@ -164,6 +164,9 @@ def measure_cyst(
     if bg["lumen_volume_vox"] == 0:
         warnings.warn("no lumen (no background enclosed by the cells): no apical surface, no valid cell.",
                       CartoCellWarning, stacklevel=2)
+    if cells["cut"].any():
+        warnings.warn(f"the cyst touches the volume border: {int(cells['cut'].sum())} cell(s) are cut and not valid.",
+                      CartoCellWarning, stacklevel=2)
     cyst = _cyst_row(cells, bg, sp, params)
     ids = ids.astype(np.int64)
     pairs["cell_a"], pairs["cell_b"] = ids[pairs.pop("a") - 1], ids[pairs.pop("b") - 1]

@@ -425,6 +425,13 @@ CASES: dict[str, Callable[[World], Case]] = {
                                                       str(w.package)), str(w.root / "test" / "y" / "a.tif"),
                                                "ground-truth shape (16, 40, 48) differs from its image a.tif "
                                                "(16, 48, 48)", w.out),
+    # ---- measure
+    "measure-float-labels": lambda w: Case(["measure", w.bad("float_labels", "gt", "a.tif"), "--out", w.out],
+                                           str(w.root / "gt" / "a.tif"), "fractional values", w.out),
+    "measure-2d-labels": lambda w: Case(["measure", w.bad("2d", "gt", "a.tif"), "--out", w.out],
+                                        str(w.root / "gt" / "a.tif"), "3D volume (Z, Y, X) is needed", w.out),
+    "measure-missing-file": lambda w: Case(["measure", w.root / "gt" / "nope.tif", "--out", w.out], "nope.tif",
+                                           "no such file, folder or pattern", w.out),
     # ---- train
     "train-missing-labels-folder": lambda w: Case(_train(w, w.raw("train/x").parent), str(w.root / "train"),
                                                   "y/ (label volumes) is missing", w.out),
