@@ -33,6 +33,7 @@ from cartocell_bmz.bench.ranking import (
     format_markdown,
     records,
 )
+from cartocell_bmz.layout import INSTANCES_DIR, VORONOI_DIR
 
 #: Columns of per_image.csv, in order (the evaluate columns, with the model first).
 PER_IMAGE_COLUMNS: tuple[str, ...] = (
@@ -290,6 +291,44 @@ def colour_labels_like_truth(gt: np.ndarray, pred: np.ndarray, *, seed: int = 1)
     """
     gt_colours, pred_colours = label_colour_tables(gt, pred, seed=seed)
     return gt_colours[np.asarray(gt)], pred_colours[np.asarray(pred)]
+
+
+def collect_montages(out: str | os.PathLike, models: Sequence[str], images: Sequence,
+                     per_image: Sequence[Mapping]) -> list[Montage]:
+    """Mid-slice montages of the first test image, one per model that has predicted it.
+
+    Parameters
+    ----------
+    out : path-like
+        The benchmark's output folder: a model's cells are read from
+        ``OUT/<model>/per_image_post_processing/`` (Voronoi), else ``OUT/<model>/per_image_instances/``.
+    models : sequence of str
+        Model names, in the order of the montages.
+    images : sequence
+        Test images with ``name``, ``raw`` and ``gt`` (:class:`~cartocell_bmz.bench.tasks.BenchImage`).
+    per_image : sequence of mappings
+        Per-image rows: the caption is the model's F1 at IoU 0.5 on that image.
+    """
+    from cartocell_bmz.io.volumes import read_volume
+
+    if not images:
+        return []
+    out, image = Path(out), images[0]
+    raw = read_volume(image.raw, "image")
+    gt = read_volume(image.gt, "labels").data
+    result = []
+    for model in models:
+        pred_path = out / model / VORONOI_DIR / image.name
+        if not pred_path.is_file():
+            pred_path = out / model / INSTANCES_DIR / image.name
+            if not pred_path.is_file():
+                continue
+        pred = read_volume(pred_path, "labels").data
+        f1 = next((r.get("f1") for r in per_image if r["model"] == model and r["image"] == image.name
+                   and abs(float(r["threshold"]) - 0.5) < 1e-6), None)
+        caption = f"F1@0.5 = {f1:.3f}" if isinstance(f1, (int, float)) else ""
+        result.append(Montage(model, image.name, raw.data, gt, pred, tuple(raw.spacing), caption))
+    return result
 
 
 def plot_montage(montage: Montage, path: str | os.PathLike) -> Path:

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from cartocell_bmz.bench.benchmark import DEFAULT_OUT
+
 
 def command(
     models: Optional[List[str]] = typer.Option(
@@ -19,7 +21,7 @@ def command(
         None, "--test", help="Test folder with x/ (images) and y/ (ground-truth labels, same file names). "
                              "Default: the embedded synthetic test set, written to OUT/test_set/.",
     ),
-    out: Path = typer.Option(Path("cartocell_benchmark"), "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", "-o", help="Output folder."),
     published: bool = typer.Option(
         False, "--published", help="Add the published figures (real CartoCell test set) as labelled reference rows."
     ),

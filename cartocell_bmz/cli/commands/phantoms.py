@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import typer
 
@@ -30,6 +29,7 @@ def command(
     Writes OUT/{train_M1,validation,train_M2,test}/{x,y}/ (raw membrane images and
     uint16 instance labels with their voxel size). Deterministic for a given seed.
     """
+    from cartocell_bmz.cli.progress import RichProgress
     from cartocell_bmz.core.phantoms import PhantomConfig
     from cartocell_bmz.core.spacing import check_spacing
     from cartocell_bmz.errors import ConfigError
@@ -43,21 +43,9 @@ def command(
         seed=seed, shape=shape_t, spacing=spacing_t, max_cells=max_cells,
         counts={"train_M1": n_train_m1, "validation": n_validation, "train_M2": n_train_m2, "test": n_test},
     )
-    with _progress_bar("phantoms") as progress:
-        written = make_dataset(out, config, preview=preview, progress=progress)
+    with RichProgress(transient=True) as bar:
+        # make_dataset reports progress(done, total) without a message: the bar says "phantoms"
+        written = make_dataset(out, config, preview=preview,
+                               progress=lambda done, total, message="": bar(done, total, message or "phantoms"))
     total = sum(len(v) for v in written.values())
     typer.echo(f"wrote {total} synthetic cysts to {out} ({', '.join(f'{k}: {len(v)}' for k, v in written.items())})")
-
-
-@contextlib.contextmanager
-def _progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
-    """A transient rich bar, driven by a ``progress(done, total)`` callback."""
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task(what, total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield progress
