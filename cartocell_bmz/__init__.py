@@ -54,7 +54,7 @@ _EXPORTS: dict[str, str] = {
     "evaluate_volume": "cartocell_bmz.run.evaluate",
     "evaluate_folder": "cartocell_bmz.run.evaluate",
     # training and the CartoCell phases
-    "TrainConfig": "cartocell_bmz.train.loop",
+    "TrainConfig": "cartocell_bmz.train.config",
     "train_network": "cartocell_bmz.train.loop:train",  # not "train": that is the room's name
     "pseudo_label": "cartocell_bmz.phases.pseudo_label",
     "run_pipeline": "cartocell_bmz.phases.pipeline",

@@ -140,7 +140,7 @@ def run_pipeline(
     out : path-like
         Output folder (created).
     preset : {"tiny", "paper"}
-        Training preset of M1 and M2 (:data:`cartocell_bmz.train.loop.TRAIN_PRESETS`).
+        Training preset of M1 and M2 (:data:`cartocell_bmz.train.config.TRAIN_PRESETS`).
     arch_m1 : str
         Architecture of M1.
     arch_m2 : str or sequence of str
@@ -150,7 +150,7 @@ def run_pipeline(
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
     overrides : mapping, optional
-        :class:`~cartocell_bmz.train.loop.TrainConfig` fields that replace the
+        :class:`~cartocell_bmz.train.config.TrainConfig` fields that replace the
         preset's for both M1 and M2 (``{"epochs": 5}``).
     postprocess_config : PostprocessConfig, optional
         Watershed and Voronoi settings for pseudo-labels and evaluation.
@@ -165,7 +165,8 @@ def run_pipeline(
     PipelineResult
     """
     from cartocell_bmz.phases.pseudo_label import model_fingerprint, pseudo_label
-    from cartocell_bmz.train.loop import TrainConfig, train
+    from cartocell_bmz.train.config import TrainConfig
+    from cartocell_bmz.train.loop import train
     from cartocell_bmz.io.volumes import ensure_output_dir
 
     t0 = time.perf_counter()
@@ -191,7 +192,7 @@ def run_pipeline(
     # ---- phase 2: M1
     say(f"phase 2/5: training M1 ({arch_m1}, preset {preset}) on {root / 'train_M1'} -> {out / 'M1'}")
     t = time.perf_counter()
-    runs = {"M1": train(cfg_m1, root / "train_M1", root / "validation", out / "M1", show_progress=show_progress)}
+    runs = {"M1": train(cfg_m1, root / "train_M1", root / "validation", out / "M1", progress=progress)}
     timings["M1"] = time.perf_counter() - t
     sha_m1 = model_fingerprint(out / "M1")
 
@@ -216,7 +217,7 @@ def run_pipeline(
         record(m2_trained_on=made_from)
         say(f"phase 4/5: training {name} ({cfg.arch}) on the pseudo-labels -> {out / name}" + (" (pseudo-labels changed: retraining)" if fresh else ""))
         t = time.perf_counter()
-        runs[name] = train(cfg, pl_dir, root / "validation", out / name, resume=not fresh, show_progress=show_progress)
+        runs[name] = train(cfg, pl_dir, root / "validation", out / name, resume=not fresh, progress=progress)
         timings[name] = time.perf_counter() - t
 
     # ---- phase 5: evaluation on test

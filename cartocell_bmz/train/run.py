@@ -14,19 +14,24 @@ The one owner of the folder ``cartocell-bmz train`` writes (``docs/DEVELOPING.md
 :func:`read_run` checks a folder and returns a :class:`TrainingRun`;
 :func:`load_network` is the single way to build the network of a run from
 ``model.json`` and a checkpoint; :func:`fingerprint` names its weights.
-Writing stays with the training loop (:mod:`cartocell_bmz.train.loop`), which
-uses the file names defined here.
+The training loop (:mod:`cartocell_bmz.train.loop`) writes the folder through
+the functions below (:func:`write_config`, :func:`write_status`,
+:func:`write_epoch_files`, :func:`write_resume`, ...): every file is written
+atomically, ``resume.pt`` last at the end of an epoch (the commit point: the
+other files are derived from it).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from cartocell_bmz.errors import ConfigError, ModelError
 from cartocell_bmz.layout import CHANNELS
@@ -52,6 +57,10 @@ RUN_REQUIRED: tuple[str, ...] = (MODEL_JSON, CONFIG_JSON, STATUS_JSON, f"{CHECKP
 #: Fields ``model.json`` must have; ``callable`` may be left out of a run that is only
 #: predicted with (it is the architecture's own).
 MODEL_FIELDS: tuple[str, ...] = ("arch", "callable", "kwargs", "divisor", "channels")
+#: Columns of ``RUN/train_log.csv``.
+LOG_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_loss", "iou_B", "iou_C", "iou_M", "lr", "seconds")
+#: Files and folders a run owns (removed by a fresh start; nothing else is touched).
+RUN_FILES: tuple[str, ...] = (CONFIG_JSON, MODEL_JSON, CHECKPOINTS_DIR, TRAIN_LOG_CSV, CHARTS_DIR, STATUS_JSON)
 
 
 @dataclass(frozen=True)
@@ -306,6 +315,171 @@ def _load_callable(source: Path, name: str):
     return getattr(module, name)
 
 
+# --------------------------------------------------------------------------- writing (the training loop)
+
+
+def clean_run(run_dir: str | os.PathLike) -> None:
+    """Remove the files and folders of :data:`RUN_FILES` from ``run_dir`` (a fresh start); nothing else."""
+    for name in RUN_FILES:
+        p = Path(run_dir) / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def read_saved_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """``RUN/config.json`` as a dict, ``None`` when it is missing or unreadable."""
+    path = Path(run_dir) / CONFIG_JSON
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
+
+
+def write_config(run_dir: str | os.PathLike, config: Mapping[str, Any], model: Mapping[str, Any]) -> None:
+    """Write ``RUN/config.json`` (the full run configuration) and ``RUN/model.json`` (fields of :data:`MODEL_FIELDS` and more)."""
+    _json_dump(Path(run_dir) / CONFIG_JSON, config)
+    _json_dump(Path(run_dir) / MODEL_JSON, model)
+
+
+def write_status(run_dir: str | os.PathLike, status: Mapping[str, Any]) -> None:
+    """Write ``RUN/status.json`` (``{"finished": ..., "epoch": ..., "best_epoch": ..., ...}``)."""
+    _json_dump(Path(run_dir) / STATUS_JSON, status)
+
+
+def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``RUN/status.json`` as a dict (``{"finished": False}`` when missing or unreadable)."""
+    path = Path(run_dir) / STATUS_JSON
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"finished": False}
+
+
+def read_log(run_dir: str | os.PathLike) -> list[dict[str, float]]:
+    """Rows of ``RUN/train_log.csv`` as dicts of numbers (``epoch`` as int); ``[]`` when there is none."""
+    path = Path(run_dir) / TRAIN_LOG_CSV
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [
+            {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(fh)
+        ]
+
+
+def write_epoch_files(run_dir: str | os.PathLike, state: Mapping[str, Any], weights: Mapping[str, "torch.Tensor"],
+                      *, charts: bool = True) -> None:
+    """Write what is derived from the training state: ``last.pt``, ``best.pt``, the log and the charts.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        The run folder.
+    state : mapping
+        The training state: ``rows`` (the log rows, columns :data:`LOG_COLUMNS`),
+        ``best_model`` (state dict of the best epoch, or ``None``) and ``best_epoch``.
+    weights : mapping of str to torch.Tensor
+        The network's current state dict (``last.pt``).
+    charts : bool
+        Also draw ``charts/loss.png`` and ``charts/iou.png`` (they take a moment).
+    """
+    from cartocell_bmz.train.charts import plot_training_curves
+
+    run = Path(run_dir)
+    _save_torch({k: v.detach().cpu() for k, v in weights.items()}, run / CHECKPOINTS_DIR / LAST_PT)
+    if state.get("best_model") is not None:
+        _save_torch(state["best_model"], run / CHECKPOINTS_DIR / BEST_PT)
+    _write_log(run / TRAIN_LOG_CSV, state["rows"])
+    if charts and state["rows"]:
+        plot_training_curves(state["rows"], run / CHARTS_DIR, best_epoch=int(state["best_epoch"]) or None)
+
+
+def remove_weights(run_dir: str | os.PathLike) -> None:
+    """Remove ``best.pt`` and ``last.pt`` (a run that starts without ``resume.pt`` must not keep old weights)."""
+    for name in (BEST_PT, LAST_PT):
+        (Path(run_dir) / CHECKPOINTS_DIR / name).unlink(missing_ok=True)
+
+
+def resume_path(run_dir: str | os.PathLike) -> Path:
+    """``RUN/checkpoints/resume.pt``.
+
+    Examples
+    --------
+    >>> resume_path("RUN").as_posix()
+    'RUN/checkpoints/resume.pt'
+    """
+    return Path(run_dir) / CHECKPOINTS_DIR / RESUME_PT
+
+
+def write_resume(run_dir: str | os.PathLike, payload: Mapping[str, Any]) -> None:
+    """Write ``resume.pt``: everything needed to continue the run (the commit point of an epoch)."""
+    _save_torch(dict(payload), resume_path(run_dir))
+
+
+def read_resume(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``resume.pt`` loaded with ``weights_only=True``; torch's own error when it is missing or damaged."""
+    import torch
+
+    return torch.load(resume_path(run_dir), map_location="cpu", weights_only=True)
+
+
+def jsonable(data: Any) -> Any:
+    """``data`` as plain JSON types (tuples as lists, numpy numbers as Python numbers, paths as strings).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> jsonable({"patch": (8, 16, 16), "lr": np.float32(0.5), "where": Path("a")})
+    {'patch': [8, 16, 16], 'lr': 0.5, 'where': 'a'}
+    """
+    return json.loads(json.dumps(data, default=_json_default))
+
+
+def _json_dump(path: Path, data: Any) -> None:
+    from cartocell_bmz.io.volumes import atomic_open
+
+    with atomic_open(path) as fh:
+        json.dump(data, fh, indent=2, default=_json_default)
+        fh.write("\n")
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (Path,)):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _write_log(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    from cartocell_bmz.io.volumes import atomic_open
+
+    with atomic_open(path, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in LOG_COLUMNS})
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    import torch
+
+    from cartocell_bmz.io.volumes import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
 __all__ = [
     "BEST_PT",
     "CHARTS_DIR",
@@ -313,16 +487,30 @@ __all__ = [
     "CHECKPOINTS_DIR",
     "CONFIG_JSON",
     "LAST_PT",
+    "LOG_COLUMNS",
     "MODEL_JSON",
     "RESUME_PT",
+    "RUN_FILES",
     "RUN_REQUIRED",
     "STATUS_JSON",
     "TRAIN_LOG_CSV",
     "TrainingRun",
     "checkpoint_path",
+    "clean_run",
     "fingerprint",
     "is_training_run",
+    "jsonable",
     "load_network",
+    "read_log",
+    "read_resume",
     "read_run",
+    "read_saved_config",
     "read_state_dict",
+    "read_status",
+    "remove_weights",
+    "resume_path",
+    "write_config",
+    "write_epoch_files",
+    "write_resume",
+    "write_status",
 ]

@@ -25,14 +25,15 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_dataset):
-    from cartocell_bmz.train.loop import TrainConfig, train
+    from cartocell_bmz.train.config import TrainConfig
+    from cartocell_bmz.train.loop import train
 
     cfg = TrainConfig.from_preset(
         "tiny", arch="unet", arch_kwargs={"feature_maps": [4, 8]}, patch_size=(16, 32, 32),
         patches_per_epoch=2, epochs=2, device="cpu",
     )
     run = tmp_path_factory.mktemp("pl") / "run"
-    train(cfg, tiny_dataset / "train_M1", tiny_dataset / "validation", run, show_progress=False)
+    train(cfg, tiny_dataset / "train_M1", tiny_dataset / "validation", run)
     return run
 
 
@@ -77,7 +78,7 @@ def test_pseudo_labels_from_ideal_probabilities_recover_the_cells(tmp_path):
 
 
 def test_pseudo_label_writes_a_training_set_and_resumes(tmp_path, tiny_dataset, tiny_run):
-    from cartocell_bmz.train.loop import training_pairs
+    from cartocell_bmz.train.data import training_pairs
 
     src = tiny_dataset / "train_M2" / "x"
     out = tmp_path / "pl"

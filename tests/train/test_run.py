@@ -1,4 +1,4 @@
-"""Tests of the training run folder (cartocell_bmz.train.run): reading, checking, the network, the fingerprint."""
+"""Tests of the training run folder (cartocell_bmz.train.run): reading, checking, writing, the network, the fingerprint."""
 
 from __future__ import annotations
 
@@ -14,14 +14,26 @@ from cartocell_bmz.errors import ConfigError, ModelError
 from cartocell_bmz.train.run import (
     BEST_PT,
     CHECKPOINTS_DIR,
+    LOG_COLUMNS,
     MODEL_JSON,
+    RUN_FILES,
     RUN_REQUIRED,
     TrainingRun,
     checkpoint_path,
+    clean_run,
     fingerprint,
     is_training_run,
     load_network,
+    read_log,
+    read_resume,
     read_run,
+    read_saved_config,
+    read_status,
+    remove_weights,
+    write_config,
+    write_epoch_files,
+    write_resume,
+    write_status,
 )
 
 torch = pytest.importorskip("torch")
@@ -153,6 +165,36 @@ def test_damaged_checkpoints_give_one_line_errors(run, tmp_path):
     shutil.copyfile(bigger / CHECKPOINTS_DIR / BEST_PT, other / CHECKPOINTS_DIR / BEST_PT)
     with pytest.raises(ModelError, match="does not fit the network of model.json"):
         load_network(other)
+
+
+def test_the_writers_make_a_folder_read_run_accepts(run, tmp_path):
+    """What the training loop writes through train/run.py is read back by the same module."""
+    out = tmp_path / "written"
+    assert read_saved_config(out) is None and read_status(out) == {"finished": False} and read_log(out) == []
+    write_config(out, {"train": {"patch_size": (16, 48, 48)}, "data": {}}, json.loads((run / MODEL_JSON).read_text()))
+    assert read_saved_config(out)["train"]["patch_size"] == [16, 48, 48]
+    write_status(out, {"finished": True, "epoch": 2, "best_epoch": 1, "best_val_loss": np.float32(0.25)})
+    assert read_status(out)["best_val_loss"] == 0.25
+    weights = torch.load(run / CHECKPOINTS_DIR / BEST_PT, weights_only=True)
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 0.5 / e, "iou_B": 0.1, "iou_C": 0.2, "iou_M": 0.3,
+             "lr": 1e-3, "seconds": 1.5} for e in (1, 2)]
+    write_epoch_files(out, {"rows": rows, "best_model": weights, "best_epoch": 1}, weights, charts=False)
+    log = read_log(out)
+    assert list(log[0]) == list(LOG_COLUMNS) and [r["epoch"] for r in log] == [1, 2] and log[1]["val_loss"] == 0.25
+    assert not (out / "charts").exists()
+    r = read_run(out)
+    assert r.status["epoch"] == 2 and r.config["train"]["patch_size"] == [16, 48, 48]
+    for name in ("best", "last"):
+        saved = torch.load(r.checkpoint(name), weights_only=True)
+        assert saved.keys() == weights.keys() and all(torch.equal(saved[k], v) for k, v in weights.items())
+    write_resume(out, {"epoch": 2, "model": weights})
+    assert read_resume(out)["epoch"] == 2
+    remove_weights(out)
+    assert not checkpoint_path(out, "best").exists() and not checkpoint_path(out, "last").exists()
+    (out / "notes.txt").write_text("the user's")
+    clean_run(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # only the run's own files go
+    assert set(RUN_FILES) >= {"config.json", "model.json", "checkpoints", "status.json"}
 
 
 class _Runs:

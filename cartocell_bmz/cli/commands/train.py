@@ -33,8 +33,10 @@ def command(
 
     Writes the run folder OUT: config.json, model.json, checkpoints/{best,last}.pt, train_log.csv, charts/{loss,iou}.png and status.json. Run the same command again to continue an interrupted run; a finished run is reported and left as it is.
     """
+    from cartocell_bmz.cli.progress import RichProgress
     from cartocell_bmz.train.augment import Augmentations
-    from cartocell_bmz.train.loop import TrainConfig, train as run_training
+    from cartocell_bmz.train.config import TrainConfig
+    from cartocell_bmz.train.loop import train as run_training
 
     extra = {}
     if optimizer is not None:
@@ -59,6 +61,8 @@ def command(
         patches_per_epoch=patches_per_epoch, lr=lr, patience=patience, seed=seed, device=device,
         target_mode=target_mode, rebalance=rebalance, **extra,
     )
-    summary = run_training(config, train, val, out, resume=not fresh, show_progress=True)
+    with RichProgress() as progress:
+        summary = run_training(config, train, val, out, resume=not fresh, progress=progress)
+    typer.echo(str(summary))
     if not summary.finished:
         raise typer.Exit(1)
