@@ -82,10 +82,10 @@ def test_no_module_imports_a_private_name_of_another():
 
 def _printing(tree: ast.Module):
     for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in {"print", "breakpoint"}:
+            yield node.lineno, node.id  # a call, or an alias such as ``say = print``
         if isinstance(node, ast.Call):
             f = node.func
-            if isinstance(f, ast.Name) and f.id in {"print", "breakpoint"}:
-                yield node.lineno, f.id
             if isinstance(f, ast.Attribute) and f.attr in {"write", "flush"} and isinstance(f.value, ast.Attribute) \
                     and f.value.attr in {"stdout", "stderr"}:
                 yield node.lineno, f"sys.{f.value.attr}.{f.attr}"
