@@ -40,6 +40,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+from cartocell_bmz.bmz.known_models import RANKING_COLUMNS
+
 #: Source label of rows computed by this benchmark.
 SOURCE_BENCHMARK = "this benchmark"
 #: Source label of the published reference rows (never mixed into the ranking).
@@ -48,17 +50,6 @@ SOURCE_PUBLISHED = "published (real CartoCell test set)"
 #: Test cysts of the real CartoCell test set behind the published figures.
 PUBLISHED_N_IMAGES = 60
 
-#: The published columns: (column name, per-image metric key, IoU threshold or None).
-RANKING_COLUMNS: tuple[tuple[str, str, float | None], ...] = (
-    ("IoU B", "iou_B", None),
-    ("IoU C", "iou_C", None),
-    ("IoU M", "iou_M", None),
-    ("F1@0.5", "f1", 0.5),
-    ("PQ@0.5", "panoptic_quality", 0.5),
-    ("MTS@0.5", "mean_true_score", 0.5),
-    ("F1@0.75", "f1", 0.75),
-    ("PQ@0.75", "panoptic_quality", 0.75),
-)
 #: Names of the ranking columns, in table order.
 COLUMN_NAMES: tuple[str, ...] = tuple(c[0] for c in RANKING_COLUMNS)
 #: Decimals of every figure in ranking.csv / ranking.md (and the precision of ties).

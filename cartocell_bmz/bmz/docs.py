@@ -303,7 +303,7 @@ def figures_markdown(figures: Mapping[str, Any] | None) -> list[str]:
 
 def _summary_markdown(summary: Mapping[str, Any]) -> list[str]:
     """``cartocell-bmz evaluate``'s ``summary.json`` as the published columns and a per-threshold table."""
-    from cartocell_bmz.bench.ranking import RANKING_COLUMNS
+    from cartocell_bmz.bmz.known_models import RANKING_COLUMNS
 
     per_threshold = summary["dataset"]
 

@@ -31,6 +31,17 @@ PUBLISHED_COLUMNS: tuple[str, ...] = (
     "IoU(B)", "IoU(C)", "IoU(M)", "F1@0.5", "PQ@0.5", "MTS@0.5", "F1@0.75", "PQ@0.75",
 )
 
+#: The published columns as the benchmark computes them (same order as PUBLISHED_COLUMNS): (column name, per-image metric key, IoU threshold or None).
+RANKING_COLUMNS: tuple[tuple[str, str, float | None], ...] = (
+    ("IoU B", "iou_B", None),
+    ("IoU C", "iou_C", None),
+    ("IoU M", "iou_M", None),
+    ("F1@0.5", "f1", 0.5),
+    ("PQ@0.5", "panoptic_quality", 0.5),
+    ("MTS@0.5", "mean_true_score", 0.5),
+    ("F1@0.75", "f1", 0.75),
+    ("PQ@0.75", "panoptic_quality", 0.75),
+)
 #: BMZ id of the CartoCell training dataset the six models cite.
 TRAINING_DATA_ID = "divine-melon"
 
