@@ -128,7 +128,6 @@ def run_pipeline(
     device: str = "auto",
     overrides: Mapping[str, Any] | None = None,
     postprocess_config: Any = None,
-    show_progress: bool = True,
     progress: Callable[..., None] | None = None,
 ) -> PipelineResult:
     """Run CartoCell's phases 2-5 on a dataset, resuming whatever is already done.
@@ -154,11 +153,10 @@ def run_pipeline(
         preset's for both M1 and M2 (``{"epochs": 5}``).
     postprocess_config : PostprocessConfig, optional
         Watershed and Voronoi settings for pseudo-labels and evaluation.
-    show_progress : bool
-        Print the phases and the trainings' progress.
     progress : callable, optional
-        ``progress(done, total, message)`` of the pseudo-labelling and of each
-        evaluation (:mod:`cartocell_bmz.io.progress`).
+        ``progress(done, total, message)`` (:mod:`cartocell_bmz.io.progress`): one run
+        over the steps (train M1, pseudo-label, train each M2, evaluate each model), the
+        message naming the step and the step's own progress (epochs, volumes).
 
     Returns
     -------
@@ -167,6 +165,7 @@ def run_pipeline(
     from cartocell_bmz.phases.pseudo_label import model_fingerprint, pseudo_label
     from cartocell_bmz.train.config import TrainConfig
     from cartocell_bmz.train.loop import train
+    from cartocell_bmz.io.progress import nested, report
     from cartocell_bmz.io.volumes import ensure_output_dir
 
     t0 = time.perf_counter()
@@ -179,7 +178,14 @@ def run_pipeline(
             raise ConfigError(f"overrides cannot set {bad!r}; use the preset and arch arguments.")
     cfg_m1 = TrainConfig.from_preset(preset, arch=arch_m1, seed=seed, device=device, **overrides)
     cfg_m2 = {name: TrainConfig.from_preset(preset, arch=a, seed=seed, device=device, **overrides) for name, a in names.items()}
-    say = print if show_progress else (lambda *a, **k: None)
+    n_steps = 2 + 2 * len(cfg_m2) + 1
+    step = 0
+
+    def begin(message: str):
+        """Report the start of the next step; the callback for that step's own progress."""
+        report(progress, step, n_steps, message)
+        return nested(progress, step, n_steps, message)
+
     state = _read_json(out / PIPELINE_JSON)
     timings: dict[str, float] = {}
 
@@ -190,24 +196,26 @@ def run_pipeline(
     record(data_root=str(root.resolve()), preset=preset, arch_m1=arch_m1, arch_m2=list(names.values()), seed=seed)
 
     # ---- phase 2: M1
-    say(f"phase 2/5: training M1 ({arch_m1}, preset {preset}) on {root / 'train_M1'} -> {out / 'M1'}")
+    inner = begin(f"phase 2/5: training M1 ({arch_m1}, preset {preset}) on {root / 'train_M1'} -> {out / 'M1'}")
     t = time.perf_counter()
-    runs = {"M1": train(cfg_m1, root / "train_M1", root / "validation", out / "M1", progress=progress)}
+    runs = {"M1": train(cfg_m1, root / "train_M1", root / "validation", out / "M1", progress=inner)}
     timings["M1"] = time.perf_counter() - t
+    step += 1
     sha_m1 = model_fingerprint(out / "M1")
 
     # ---- phase 3: pseudo-labels
     pl_dir = out / "pseudo_labels"
     pl_status = _read_json(pl_dir / "status.json")
     stale = pl_status.get("model_sha256") not in (None, sha_m1)
-    say(f"phase 3/5: pseudo-labelling {root / 'train_M2' / RAW_DIR} with M1 -> {pl_dir}" + (" (M1 changed: redoing)" if stale else ""))
+    inner = begin(f"phase 3/5: pseudo-labelling {root / 'train_M2' / RAW_DIR} with M1 -> {pl_dir}"
+                  + (" (M1 changed: redoing)" if stale else ""))
     t = time.perf_counter()
     pseudo = pseudo_label(
         out / "M1", root / "train_M2" / RAW_DIR, pl_dir, config=postprocess_config, device=device,
-        fresh=stale, progress=progress,
+        fresh=stale, progress=inner,
     )
     timings["pseudo_labels"] = time.perf_counter() - t
-    say(f"  {pseudo}")
+    step += 1
 
     # ---- phase 4: M2
     made_from = dict(state.get("m2_trained_on", {}))
@@ -215,21 +223,24 @@ def run_pipeline(
         fresh = made_from.get(name) not in (None, sha_m1)
         made_from[name] = sha_m1
         record(m2_trained_on=made_from)
-        say(f"phase 4/5: training {name} ({cfg.arch}) on the pseudo-labels -> {out / name}" + (" (pseudo-labels changed: retraining)" if fresh else ""))
+        inner = begin(f"phase 4/5: training {name} ({cfg.arch}) on the pseudo-labels -> {out / name}"
+                      + (" (pseudo-labels changed: retraining)" if fresh else ""))
         t = time.perf_counter()
-        runs[name] = train(cfg, pl_dir, root / "validation", out / name, resume=not fresh, progress=progress)
+        runs[name] = train(cfg, pl_dir, root / "validation", out / name, resume=not fresh, progress=inner)
         timings[name] = time.perf_counter() - t
+        step += 1
 
     # ---- phase 5: evaluation on test
     summaries = {}
     for name in runs:
-        say(f"phase 5/5: predicting and evaluating {name} on {root / 'test'} -> {out / ('eval_' + name)}")
+        inner = begin(f"phase 5/5: predicting and evaluating {name} on {root / 'test'} -> {out / ('eval_' + name)}")
         t = time.perf_counter()
         summaries[name] = evaluate_run(
             out / name, root / "test", out / f"eval_{name}", postprocess_config=postprocess_config,
-            device=device, progress=progress,
+            device=device, progress=inner,
         )
         timings[f"eval_{name}"] = time.perf_counter() - t
+        step += 1
 
     comparison = compare(summaries, runs)
     _write_json(out / COMPARISON_JSON, comparison)
@@ -240,7 +251,7 @@ def run_pipeline(
     seconds = time.perf_counter() - t0
     record(finished=True, last_call_seconds=round(seconds, 1), last_call_phase_seconds={k: round(v, 1) for k, v in timings.items()})
     result = PipelineResult(out=out, runs=runs, pseudo_labels=pseudo, comparison=comparison, seconds=seconds)
-    say(str(result))
+    report(progress, n_steps, n_steps, "finished")
     return result
 
 

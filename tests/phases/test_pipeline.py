@@ -37,8 +37,27 @@ def one_thread():
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tiny_dataset):
     out = tmp_path_factory.mktemp("pipe") / "out"
-    result = run_pipeline(tiny_dataset, out, preset="tiny", seed=1, device="cpu", overrides=QUICK, show_progress=False)
+    events: list[tuple[int, int, str]] = []
+    result = run_pipeline(tiny_dataset, out, preset="tiny", seed=1, device="cpu", overrides=QUICK,
+                          progress=lambda done, total, message="": events.append((done, total, message)))
+    result.events = events
     return out, result
+
+
+def test_pipeline_reports_its_steps_and_prints_nothing(finished, capfd, tiny_dataset):
+    _out, result = finished
+    first = {}  # the first message of each step: the step's own announcement
+    for done, _total, message in result.events:
+        first.setdefault(done, message)
+    assert list(first) == [0, 1, 2, 3, 4, 5]  # M1, pseudo-labels, M2, evaluation of M1 and of M2, end
+    assert [first[i][:9] for i in range(5)] == ["phase 2/5", "phase 3/5", "phase 4/5", "phase 5/5", "phase 5/5"]
+    assert {t for _d, t, _m in result.events} == {5}
+    assert result.events[-1] == (5, 5, "finished")
+    assert any("phase 2/5" in m and "epoch" in m for _d, _t, m in result.events)  # the training's own progress
+    again = run_pipeline(tiny_dataset, _out, preset="tiny", seed=1, device="cpu", overrides=QUICK)
+    assert again.runs["M1"].finished
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
 
 
 def test_layout_is_checked(tmp_path, tiny_dataset):
@@ -81,14 +100,14 @@ def test_pipeline_writes_every_phase_and_the_comparison(finished, tiny_dataset):
 def test_finished_pipeline_is_skipped_and_stale_pseudo_labels_are_redone(finished, tiny_dataset):
     out, first = finished
     stamp = (out / "M2" / "checkpoints" / "best.pt").stat().st_mtime_ns
-    again = run_pipeline(tiny_dataset, out, preset="tiny", seed=1, device="cpu", overrides=QUICK, show_progress=False)
+    again = run_pipeline(tiny_dataset, out, preset="tiny", seed=1, device="cpu", overrides=QUICK)
     assert again.pseudo_labels.n_new == 0 and again.comparison == first.comparison
     assert (out / "M2" / "checkpoints" / "best.pt").stat().st_mtime_ns == stamp
     # pseudo-labels that claim another M1 are made again (from the same M1: same M2)
     status = json.loads((out / "pseudo_labels" / "status.json").read_text())
     status["model_sha256"] = "f" * 64
     (out / "pseudo_labels" / "status.json").write_text(json.dumps(status))
-    redone = run_pipeline(tiny_dataset, out, preset="tiny", seed=1, device="cpu", overrides=QUICK, show_progress=False)
+    redone = run_pipeline(tiny_dataset, out, preset="tiny", seed=1, device="cpu", overrides=QUICK)
     assert redone.pseudo_labels.n_new == 2 and redone.comparison == first.comparison
 
 
@@ -116,7 +135,7 @@ def test_killed_pipeline_continues_where_it_stopped(tmp_path, tiny_dataset):
     code = (
         "from cartocell_bmz.phases.pipeline import run_pipeline; "
         f"run_pipeline({str(tiny_dataset)!r}, {str(out)!r}, preset='tiny', seed=1, device='cpu', "
-        f"overrides={overrides!r}, show_progress=False)"
+        f"overrides={overrides!r})"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2],
@@ -136,8 +155,7 @@ def test_killed_pipeline_continues_where_it_stopped(tmp_path, tiny_dataset):
     assert json.loads((out / "M2" / "status.json").read_text())["finished"] is False
     m1_stamp = (out / "M1" / "checkpoints" / "best.pt").stat().st_mtime_ns
 
-    result = run_pipeline(tiny_dataset, out, preset="tiny", seed=1, device="cpu", overrides=overrides,
-                          show_progress=False)
+    result = run_pipeline(tiny_dataset, out, preset="tiny", seed=1, device="cpu", overrides=overrides)
     assert result.runs["M2"].finished and result.runs["M2"].resumed_from >= 1
     assert result.runs["M2"].epochs == 5 and result.pseudo_labels.n_new == 0
     assert (out / "M1" / "checkpoints" / "best.pt").stat().st_mtime_ns == m1_stamp

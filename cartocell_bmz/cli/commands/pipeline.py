@@ -28,8 +28,8 @@ def command(
     from cartocell_bmz.phases.pipeline import run_pipeline
 
     with RichProgress(transient=True) as progress:
-        run_pipeline(
+        result = run_pipeline(
             data_root, out, preset=preset, arch_m1=arch_m1, arch_m2=list(arch_m2) if arch_m2 else "resunet",
-            seed=seed, device=device, overrides={"epochs": epochs} if epochs else None, show_progress=True,
-            progress=progress,
+            seed=seed, device=device, overrides={"epochs": epochs} if epochs else None, progress=progress,
         )
+    typer.echo(str(result))
