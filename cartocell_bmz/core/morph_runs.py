@@ -11,7 +11,7 @@ stand in for the voxels everywhere a whole-volume pass would cost more:
   :func:`scipy.sparse.csgraph.connected_components`);
 * :func:`run_moments` -- voxel count, sums and second moments per label, in closed form
   per run;
-* :func:`hull_voxels` -- voxels whose centre lies in the convex hull of a label's voxel
+* :func:`convex_voxels` -- voxels whose centre lies in the convex hull of a label's voxel
   centres (the convex volume, as MATLAB's and scikit-image's ``convex_image``).
 """
 
@@ -113,6 +113,7 @@ def run_components(runs: Runs, keep: np.ndarray, *, full: bool) -> np.ndarray:
     steps = [(0, 1), (1, -1), (1, 0), (1, 1)] if full else [(0, 1), (1, 0)]
     kept = np.flatnonzero(keep)
     z, y = np.divmod(runs.row[kept], ny)
+    key = runs.row * nx + runs.start
     heads, tails = [], []
     for dz, dy in steps:
         ok = (z + dz < nz) & (y + dy >= 0) & (y + dy < ny)
@@ -120,7 +121,6 @@ def run_components(runs: Runs, keep: np.ndarray, *, full: bool) -> np.ndarray:
         other = (z[ok] + dz) * ny + y[ok] + dy
         lo = np.maximum(runs.start[src] - grow, 0)
         hi = np.minimum(runs.stop[src] + grow, nx - 1)
-        key = runs.row * nx + runs.start
         first = np.searchsorted(key, other * nx + lo, side="right") - 1
         last = np.searchsorted(key, other * nx + hi, side="right") - 1
         count = last - first + 1
@@ -274,16 +274,17 @@ def hull_points(cell: np.ndarray, z: np.ndarray, y: np.ndarray, x0: np.ndarray, 
     """Points spanning each cell's convex hull, from its runs, with most interior ones dropped.
 
     Every voxel of a run lies between the run's ends, so the ends span the hull.  An
-    end that lies on or inside the chord of its neighbouring rows' ends (in the same
-    z slice, then in the same y column) is inside the hull and dropped: a segment of
-    such ends is locally, hence globally, below the chord of its two kept neighbours.
+    end that lies on or inside the chord of its neighbouring rows' ends along a line of
+    the (z, y) plane (along y, along z, along either diagonal) is inside the hull and
+    dropped: a segment of such ends is locally, hence globally, inside the chord of
+    its two kept neighbours.
 
     Parameters
     ----------
     cell, z, y, x0, x1 : numpy.ndarray
         One entry per run: cell, row ``(z, y)``, first and last x.
     rounds : int
-        Passes of dropping (each along y, then along z).
+        Passes of dropping (each along the four lines).
 
     Returns
     -------
@@ -298,14 +299,14 @@ def hull_points(cell: np.ndarray, z: np.ndarray, y: np.ndarray, x0: np.ndarray, 
     parts = []
     for x, upper in ((x1, True), (x0, False)):
         c, zz, yy, xx = cell, z, y, x
-        for _ in range(rounds):  # sorted by (cell, z, y): chords along y, then along z
-            keep = _off_chord(c * (1 << 32) + zz, yy, xx, upper)
-            c, zz, yy, xx = c[keep], zz[keep], yy[keep], xx[keep]
-            order = np.lexsort((zz, yy, c))
-            keep = _off_chord(c[order] * (1 << 32) + yy[order], zz[order], xx[order], upper)
-            order = order[keep]
-            order = order[np.lexsort((yy[order], zz[order], c[order]))]
-            c, zz, yy, xx = c[order], zz[order], yy[order], xx[order]
+        for _ in range(rounds):
+            # lines of the (z, y) plane: along y (fixed z), along z, and the two diagonals
+            for direction in range(4):
+                line, t = ((zz, yy), (yy, zz), (zz - yy, zz), (zz + yy, zz))[direction]
+                key = c * (1 << 32) + line
+                order = np.lexsort((t, key))
+                keep = order[_off_chord(key[order], t[order], xx[order], upper)]
+                c, zz, yy, xx = c[keep], zz[keep], yy[keep], xx[keep]
         parts.append((c, np.stack([zz, yy, xx], axis=1)))
     cell = np.concatenate([p[0] for p in parts])
     points = np.concatenate([p[1] for p in parts])
@@ -325,38 +326,58 @@ def _off_chord(line: np.ndarray, t: np.ndarray, x: np.ndarray, upper: bool) -> n
     return keep
 
 
-def hull_voxels(points: np.ndarray) -> int:
-    """Number of voxels whose centre lies in the convex hull of ``points``.
+def convex_voxels(owner: np.ndarray, points: np.ndarray, n: int) -> np.ndarray:
+    """Per object, the number of voxels whose centre lies in the convex hull of its points.
+
+    The hull of each object comes from qhull; the voxels inside are counted row by
+    row along x: in row ``(z, y)``, the facets whose outward normal points to +x
+    (-x) bound x from above (below).
 
     Parameters
     ----------
+    owner : numpy.ndarray
+        Object ``0 .. n - 1`` of each point, sorted.
     points : numpy.ndarray
-        ``(P, 3)`` voxel indices ``(z, y, x)`` spanning the hull (e.g. from :func:`hull_points`).
+        ``(P, 3)`` voxel indices ``(z, y, x)`` spanning the hulls (:func:`hull_points`).
+    n : int
+        Number of objects.
 
     Returns
     -------
-    int
-        ``-1`` when the points span no volume (all in one plane or line).
+    numpy.ndarray
+        ``float64`` voxel count per object; ``-1`` where the points span no volume
+        (all in one plane or line).
     """
+    bounds = np.searchsorted(owner, np.arange(n + 1))
+    return np.array([_hull_count(points[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])], np.float64)
+
+
+def _hull_count(points: np.ndarray) -> int:
     from scipy.spatial import ConvexHull, QhullError
 
     points = np.asarray(points, np.float64)
-    if len(points) < 4 or np.ptp(points, axis=0).min() == 0:
+    if len(points) < 4:
+        return -1
+    low, high = points.min(axis=0), points.max(axis=0)
+    if (high - low).min() == 0:
         return -1
     try:
         eq = ConvexHull(points).equations  # a z + b y + c x + d <= 0 inside (unit normals)
     except QhullError:
         return -1
     eps = 1e-7
-    zz, yy = np.meshgrid(np.arange(points[:, 0].min(), points[:, 0].max() + 1),
-                         np.arange(points[:, 1].min(), points[:, 1].max() + 1), indexing="ij")
-    rows = np.stack([zz.reshape(-1), yy.reshape(-1), np.ones(zz.size)], axis=1)
-    a, b, c, d = eq.T
-    # Along a row, facets with c > 0 bound x from above, c < 0 from below: c x <= eps - a z - b y - d.
+    nz, ny = int(high[0] - low[0]) + 1, int(high[1] - low[1]) + 1
+    rows = np.ones((nz * ny, 3))  # (z, y, 1) of every row of the box
+    rows[:, 0] = np.repeat(np.arange(low[0], high[0] + 1), ny)
+    rows[:, 1] = np.tile(np.arange(low[1], high[1] + 1), nz)
+    c = eq[:, 2]
     up, down, side = c > eps, c < -eps, np.abs(c) <= eps
-    hi = (rows @ (np.stack([-a[up], -b[up], eps - d[up]]) / c[up])).min(axis=1)
-    lo = (rows @ (np.stack([-a[down], -b[down], eps - d[down]]) / c[down])).max(axis=1)
-    count = np.maximum(np.floor(hi) - np.ceil(lo) + 1, 0)
-    if side.any():
-        count *= (rows @ np.stack([a[side], b[side], d[side] - eps]) <= 0).all(axis=1)
-    return int(count.sum())
+    # A facet with c > 0 bounds x from above, c < 0 from below: x <= (or >=) (eps - a z - b y - d) / c.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = eq[:, [0, 1, 3]] / -c[:, None]
+        bound[:, 2] += eps / c
+    count = np.floor((rows @ bound[up].T).min(axis=1)) - np.ceil((rows @ bound[down].T).max(axis=1)) + 1
+    if side.any():  # facets along x: a z + b y + d <= eps holds for the whole row or for none of it
+        e = eq[side]
+        count[(rows @ np.stack([e[:, 0], e[:, 1], e[:, 3] - eps]) > 0).any(axis=1)] = 0
+    return int(np.maximum(count, 0).sum())

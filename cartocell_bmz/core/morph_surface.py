@@ -78,21 +78,22 @@ def face_list(code: np.ndarray) -> Faces:
     -------
     Faces
     """
+    code = np.ascontiguousarray(code)
+    flat_code = code.reshape(-1)
+    strides = np.array([code.shape[1] * code.shape[2], code.shape[2], 1], np.int64)
     parts = []
     for axis in range(3):
         lower = [slice(None)] * 3
         upper = [slice(None)] * 3
         lower[axis], upper[axis] = slice(0, -1), slice(1, None)
-        a, b = code[tuple(lower)], code[tuple(upper)]
-        differ = a != b
-        flat = np.flatnonzero(differ)
-        pos = np.stack(np.unravel_index(flat, differ.shape), axis=1).astype(np.int32)
-        del flat
-        ca, cb = a[differ], b[differ]
+        differ = code[tuple(lower)] != code[tuple(upper)]
+        pos = np.stack(np.unravel_index(np.flatnonzero(differ), differ.shape), axis=1)
         del differ
+        at = pos[:, 0] * strides[0] + pos[:, 1] * strides[1] + pos[:, 2]
+        ca, cb = flat_code[at], flat_code[at + strides[axis]]
         lo, hi = np.minimum(ca, cb), np.maximum(ca, cb)
         sign = np.where(ca == lo, 1, -1).astype(np.int8)
-        parts.append((np.full(len(lo), axis, np.int8), pos, lo, hi, sign))
+        parts.append((np.full(len(lo), axis, np.int8), pos.astype(np.int32), lo, hi, sign))
     return Faces(*(np.concatenate([p[k] for p in parts]) for k in range(5)))
 
 
@@ -157,24 +158,23 @@ def face_areas(
     channel = faces.axis.astype(np.int64) * 2 + (faces.sign > 0)
     level = faces.pos[np.arange(n), faces.axis].astype(np.float64)
     level -= level.mean()
-    per_block = np.zeros((k, 21))
-    signed = area * faces.sign
-    for axis in range(3):
-        sel = faces.axis == axis
-        per_block[:, axis] = np.bincount(inv[sel], weights=signed[sel], minlength=k)
+    per_block = np.empty((k, 21))
+    per_block[:, :3] = np.bincount(inv * 3 + faces.axis, weights=area * faces.sign, minlength=3 * k).reshape(k, 3)
     slot = inv * 6 + channel
     for j, w in enumerate((None, level, level * level)):
         per_block[:, 3 + 6 * j : 9 + 6 * j] = np.bincount(slot, weights=w, minlength=6 * k).reshape(k, 6)
     win = _window_matrix(ukey, strides) @ per_block
     del per_block
-    normal = win[inv, :3]
-    length = np.sqrt(np.einsum("ij,ij->i", normal, normal))
-    weight = np.full(n, _NO_NORMAL_WEIGHT)
+    # Per block: |n| along each axis (the weight of its faces of that axis), and per
+    # orientation whether the window's faces of that orientation lie in one plane.
+    length = np.sqrt((win[:, :3] ** 2).sum(axis=1))
+    weight_of = np.full((k, 3), _NO_NORMAL_WEIGHT)
     ok = length > 0
-    weight[ok] = np.abs(normal[ok, faces.axis[ok]]) / length[ok]
-    count, total, squares = (win[inv, 3 + 6 * j + channel] for j in range(3))
-    flat = count * squares - total * total <= 1e-6 * count * count  # one level in the window
-    weight[flat] = 1.0
+    weight_of[ok] = np.abs(win[ok, :3]) / length[ok, None]
+    count, total, squares = win[:, 3:9], win[:, 9:15], win[:, 15:21]
+    flat_of = count * squares - total * total <= 1e-6 * count * count  # one level: no spread
+    weight = weight_of.reshape(-1)[inv * 3 + faces.axis]
+    weight[flat_of.reshape(-1)[inv * 6 + channel]] = 1.0
     return weight * area
 
 
@@ -184,21 +184,22 @@ def _window_matrix(ukey: np.ndarray, strides: np.ndarray):
     ``ukey`` is sorted; the neighbours at -1 and +1 along x sit next to the block of
     the same z and y offset, so 8 searches serve all 26 offsets.
     """
-    from scipy.sparse import csr_matrix
+    from scipy.sparse import coo_matrix
 
     k = len(ukey)
     padded = np.append(ukey, np.iinfo(np.int64).max)
-    shifts = np.array([dz * strides[0] + dy * strides[1] for dz in (-1, 0, 1) for dy in (-1, 0, 1)], np.int64)
-    base = ukey[None, :] + shifts[:, None]  # (9, k)
-    at = np.searchsorted(ukey, base)
-    present = padded[at] == base
-    cols = np.empty((k, 27), np.int64)
-    for j, where in enumerate((np.maximum(at - 1, 0), at, at + present)):
-        cols[:, j::3] = np.where(padded[where] == base + (j - 1), where, -1).T
-    found = cols >= 0
-    indptr = np.concatenate([[0], np.cumsum(found.sum(axis=1))])
-    indices = cols[found]
-    return csr_matrix((np.ones(len(indices)), indices, indptr), shape=(k, k))
+    rows, cols = [], []
+    for dz in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            base = ukey + (dz * strides[0] + dy * strides[1])
+            at = np.arange(k) if dz == dy == 0 else np.searchsorted(ukey, base)
+            here = padded[at] == base
+            for dx, where in ((-1, np.maximum(at - 1, 0)), (0, at), (1, at + here)):
+                found = np.flatnonzero(here if dx == 0 else padded[where] == base + dx)
+                rows.append(found.astype(np.int32))
+                cols.append(where[found].astype(np.int32))
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    return coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(k, k)).tocsr()
 
 
 def surface_area(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), window: int = DEFAULT_WINDOW) -> float:

@@ -46,7 +46,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from cartocell_bmz.core.morph_runs import (
-    Runs, classify_background, hull_points, hull_voxels, moments_to_shape, run_components, run_moments,
+    Runs, classify_background, convex_voxels, hull_points, moments_to_shape, run_components, run_moments,
     runs_from_x_faces,
 )
 from cartocell_bmz.core.morph_surface import (
@@ -215,7 +215,11 @@ def _runs(vol: np.ndarray, faces: Faces) -> Runs:
 
 
 def _compact(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Label ids -> 1..n (0 stays 0)."""
+    """Label ids (sorted ``ids``, all > 0) -> 1..n; 0 stays 0."""
+    if len(ids) and int(ids[-1]) <= 4 * len(values) + (1 << 16):  # a lookup table is cheap: use it
+        lut = np.zeros(int(ids[-1]) + 1, np.int64)
+        lut[ids] = np.arange(1, len(ids) + 1)
+        return lut[values]
     out = np.searchsorted(ids, values) + 1
     out[values == 0] = 0
     return out.astype(np.int64)
@@ -339,8 +343,7 @@ def _shapes(cells: dict, runs: Runs, n: int, sp: np.ndarray, origin: np.ndarray,
     cells["pieces"] = np.bincount(cell_of_piece, minlength=n)
     z, y = np.divmod(runs.row[is_cell], runs.shape[1])
     owner, points = hull_points(cell_of_run[is_cell], z, y, runs.start[is_cell], runs.stop[is_cell])
-    bounds = np.searchsorted(owner, np.arange(n + 1))
-    hull = np.array([hull_voxels(points[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])], float)
+    hull = convex_voxels(owner, points, n)
     with np.errstate(divide="ignore", invalid="ignore"):
         cells["solidity"] = np.where(hull > 0, mom[:, 0] / hull, np.nan)
 

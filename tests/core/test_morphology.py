@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.spatial import SphericalVoronoi
 
-from cartocell_bmz.core.morph_runs import hull_points, hull_voxels
+from cartocell_bmz.core.morph_runs import convex_voxels, hull_points
 from cartocell_bmz.core.morph_surface import surface_area
 from cartocell_bmz.core.morphology import CELL_COLUMNS, NEIGHBOUR_COLUMNS, compare_morphology, measure_cyst
 from cartocell_bmz.errors import CartoCellWarning, ConfigError, InputError
@@ -186,17 +186,29 @@ def test_box_cell_volume_area_axes_exact():
 
 
 def test_convex_volume_matches_brute_force():
+    """Voxels whose centre is in the hull of the object's voxel centres, against a Delaunay count."""
     from scipy.spatial import Delaunay
 
     rng = np.random.default_rng(0)
-    for _ in range(3):
-        mask = rng.random((6, 7, 8)) < 0.25
+    masks = [rng.random((6, 7, 8)) < 0.25 for _ in range(3)]
+    tilted = np.zeros((12, 12, 12), bool)
+    tilted[np.abs(np.add.outer(np.add.outer(np.arange(12), np.arange(12)), -np.arange(12)) - 5) <= 2] = True
+    masks += [ball(4) > 0, tilted]
+    owners, all_points, expected = [], [], []
+    for i, mask in enumerate(masks):
         z, y, x = np.nonzero(mask)
         _, points = hull_points(np.zeros(len(z), np.int64), z, y, x, x)
+        owners.append(np.full(len(points), i))
+        all_points.append(points)
         centres = np.argwhere(mask).astype(float)
         grid = np.argwhere(np.ones(mask.shape, bool)).astype(float)
-        expected = int((Delaunay(centres).find_simplex(grid, tol=1e-9) >= 0).sum())
-        assert hull_voxels(points) == hull_voxels(centres) == expected
+        expected.append(int((Delaunay(centres).find_simplex(grid, tol=1e-9) >= 0).sum()))
+    got = convex_voxels(np.concatenate(owners), np.concatenate(all_points), len(masks))
+    assert got.tolist() == expected
+    flat = np.zeros((1, 5, 5), bool)
+    flat[0, 1:4, 1:4] = True
+    z, y, x = np.nonzero(flat)
+    assert convex_voxels(np.zeros(9, np.int64), np.stack([z, y, x], 1), 1).tolist() == [-1]
 
 
 # --------------------------------------------------------------------------- the Voronoi shell
