@@ -25,25 +25,23 @@ def command(
     from cartocell_bmz.bmz.resolve import cached_packages, local_packages, model_packages_dir
 
     console = Console()
+    def folders(title: str, key: str, found: dict) -> Table:
+        table = Table(title=title, title_justify="left")
+        table.add_column(key)
+        table.add_column("where")
+        for name, path in found.items():
+            table.add_row(name, str(path))
+        return table
+
     local = local_packages()
-    table = Table(title=f"Local packages ({model_packages_dir()})", title_justify="left")
-    table.add_column("name")
-    table.add_column("where")
-    for name, path in local.items():
-        table.add_row(name, str(path))
     if local:
-        console.print(table)
+        console.print(folders(f"Local packages ({model_packages_dir()})", "name", local))
     else:
         console.print(f"No packages in {model_packages_dir()}.")
 
     cached = cached_packages(cache)
-    downloaded = Table(title="Downloaded from the BioImage Model Zoo (run offline)", title_justify="left")
-    downloaded.add_column("id")
-    downloaded.add_column("where")
-    for model_id, path in cached.items():
-        downloaded.add_row(model_id, str(path))
     if cached:
-        console.print(downloaded)
+        console.print(folders("Downloaded from the BioImage Model Zoo (run offline)", "id", cached))
 
     pub = Table(title="The six published CartoCell models (BioImage Model Zoo)", title_justify="left")
     for col in ("id", "", "architecture", "published rank", "downloaded"):
