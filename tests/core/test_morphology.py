@@ -130,13 +130,14 @@ def both_shells(seeds):
 
 
 @pytest.mark.parametrize("spacing", [(1, 1, 1), (1, 0.5, 0.5), (2, 1, 1)])
-@pytest.mark.parametrize("radius", [10, 20])
-def test_ball_surface_within_one_percent(radius, spacing):
+@pytest.mark.parametrize("radius, tolerance", [(10, 0.025), (20, 0.005)])
+def test_ball_surface_within_the_stated_error(radius, tolerance, spacing):
+    """README: radius 10 (finest) voxels within 2.5 % (1.1 % isotropic), radius 20 within 0.5 %."""
     sp = np.asarray(spacing, float)
     true = 4 * np.pi * (radius * sp.min()) ** 2
     for offset in [(0.3, 0.1, 0.2), (0.0, 0.0, 0.0), (0.7, 0.4, 0.1)]:
         got = surface_area(ball(radius, spacing, offset), spacing)
-        assert got == pytest.approx(true, rel=0.016), offset
+        assert got == pytest.approx(true, rel=0.012 if spacing == (1, 1, 1) else tolerance), offset
 
 
 def test_face_count_would_be_fifty_percent_over():
@@ -156,7 +157,7 @@ def test_box_exact_and_turned_box_stated_error():
     half = np.array([12, 8, 5])
     turned = np.all(np.abs(q) <= half[:, None, None, None], axis=0)
     true = 8 * (half[0] * half[1] + half[0] * half[2] + half[1] * half[2])
-    assert -0.10 < surface_area(turned) / true - 1 < -0.04  # edges rounded over the window (README)
+    assert -0.12 < surface_area(turned) / true - 1 < -0.06  # edges rounded over the window (README: -10 %)
 
 
 def test_ball_cell_volume_exact_and_shape():
