@@ -24,7 +24,8 @@ says where and why they differ):
 * surfaces: **apical** = the cell's faces towards the lumen, **basal** = towards the
   outside, **lateral** = towards other cells, *other* = towards pockets; faces on the
   volume border are not surface (the cell is ``cut``).  Areas by the estimator of
-  :mod:`cartocell_bmz.core.morph_surface` (within 1 % on digital balls of radius 20 voxels, 2.5 % of 10).
+  :mod:`cartocell_bmz.core.morph_surface` (digital balls: within 0.3 % at a radius of
+  20 voxels, 2.5 % at 10).
 * **neighbours**: two cells are (lateral) neighbours when their contact is at least
   ``contact_threshold`` of the lateral area of *each* (dropping is symmetric);
   **apical** (basal) neighbours are neighbours whose contact reaches a cell voxel that
