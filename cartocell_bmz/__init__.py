@@ -58,6 +58,10 @@ _EXPORTS: dict[str, str] = {
     "train_network": "cartocell_bmz.train.loop:train",  # not "train": that is the room's name
     "pseudo_label": "cartocell_bmz.phases.pseudo_label",
     "run_pipeline": "cartocell_bmz.phases.pipeline",
+    # measuring cells
+    "measure_cyst": "cartocell_bmz.core.morphology",
+    "measure_volume": "cartocell_bmz.measure.api",
+    "measure_files": "cartocell_bmz.measure.api",
     # ranking
     "run_benchmark": "cartocell_bmz.bench.benchmark",
 }
