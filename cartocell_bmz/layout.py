@@ -21,6 +21,8 @@ PROBS_DIR = "per_image"
 INSTANCES_DIR = "per_image_instances"
 VORONOI_DIR = "per_image_post_processing"
 ASSOCIATIONS_DIR = "instance_associations"
+#: Morphology tables of ``predict --measure`` (cells.csv, neighbours.csv, cysts.csv, plots).
+MEASURE_DIR = "measure"
 METRICS_CSV = "metrics_per_image.csv"
 SUMMARY_JSON = "summary.json"
 

@@ -8,8 +8,10 @@
    (:mod:`cartocell_bmz.bench.tasks`); finished ones are reused without starting anything;
 3. the others run on a Dask cluster or one after the other
    (:mod:`cartocell_bmz.bench.scheduling`);
-4. the per-image figures are ranked (:mod:`cartocell_bmz.bench.ranking`) and written
-   as tables, plots and an HTML report (:mod:`cartocell_bmz.bench.report`).
+4. the per-image figures are ranked (:mod:`cartocell_bmz.bench.ranking`), the morphology
+   of each model's cells is set against the ground truth's beside the ranking, never in its
+   score (:mod:`cartocell_bmz.bench.morphology`), and both are written as tables, plots and
+   an HTML report (:mod:`cartocell_bmz.bench.report`).
 
 Output tree ``OUT/``::
 
@@ -18,6 +20,7 @@ Output tree ``OUT/``::
     <model>/metrics/<image>.json per-image figures of that model
     <model>/benchmark_model.json the model's source and content fingerprint
     ranking.csv ranking.md ranking.json per_image.csv report.html plots/
+    morphology.csv morphology.md     morphology against the ground truth (not in the score)
 """
 
 from __future__ import annotations
@@ -38,7 +41,15 @@ from cartocell_bmz.bench.inputs import (
     resolve_models,
 )
 from cartocell_bmz.bench.scheduling import available_memory_gb, check_scheduler, execute, plan_workers
-from cartocell_bmz.bench.tasks import BenchImage, BenchmarkModel, Task, finished_result, read_metrics, run_task
+from cartocell_bmz.bench.tasks import (
+    BenchImage,
+    BenchmarkModel,
+    Task,
+    finished_result,
+    read_metrics,
+    read_morphology,
+    run_task,
+)
 from cartocell_bmz.errors import ConfigError
 from cartocell_bmz.io.progress import ProgressCallback
 from cartocell_bmz.layout import DEFAULT_IOU_THRESHOLDS, PROBS_DIR, VORONOI_DIR
@@ -61,6 +72,8 @@ class BenchmarkResult:
         The ranked models, and the published reference rows (empty unless asked for).
     per_image : list of dict
         Per-image rows of every model (one per image and threshold).
+    morphology : list of MorphologyRow
+        The ground truth's morphology, then each model's against it (ranked order).
     files : ReportFiles
         The tables, plots and report written.
     test_dir : pathlib.Path
@@ -79,6 +92,7 @@ class BenchmarkResult:
     ranking: list = field(default_factory=list)
     published: list = field(default_factory=list)
     per_image: list[dict] = field(default_factory=list)
+    morphology: list = field(default_factory=list)
     files: Any = None
     test_dir: Path | None = None
     n_tasks: int = 0
@@ -143,6 +157,7 @@ def run_benchmark(
     BenchmarkResult
     """
     from cartocell_bmz.bench import ranking as rk
+    from cartocell_bmz.bench.morphology import morphology_table
     from cartocell_bmz.bench.report import collect_montages, write_report
     from cartocell_bmz.io.volumes import ensure_output_dir
 
@@ -181,14 +196,17 @@ def run_benchmark(
         per_image += read_metrics(r["metrics"])
     ranking = rk.rank_models(per_image)
     reference = rk.published_rows() if published else []
+    records = [m for m in (read_morphology(r["metrics"]) for r in results) if m is not None]
+    morphology = morphology_table(records, models=[r.model for r in ranking])
     montages = collect_montages(out, [m.name for m in bench_models], images, per_image)
-    files = write_report(out, ranking, per_image, published=reference, montages=montages,
+    files = write_report(out, ranking, per_image, published=reference, montages=montages, morphology=morphology,
                          notes=_notes(test_dir, images, bool(reference)),
                          extra_json={"test_set": [im.name for im in images],
                                      "models": {m.name: m.source for m in bench_models},
                                      "thresholds": list(thresholds)})
     return BenchmarkResult(
-        out=out, ranking=ranking, published=reference, per_image=per_image, files=files, test_dir=test_dir,
+        out=out, ranking=ranking, published=reference, per_image=per_image, morphology=morphology, files=files,
+        test_dir=test_dir,
         n_tasks=len(tasks), n_reused=sum(bool(r.get("reused")) for r in results),
         seconds=time.perf_counter() - t0, scheduler=plan.scheduler, workers=plan.workers,
     )

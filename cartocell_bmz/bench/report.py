@@ -8,6 +8,7 @@ URIs, so the single ``report.html`` file opens offline and can be mailed around.
 Files written by :func:`write_report` in ``OUT/``::
 
     ranking.csv  ranking.md  ranking.json  per_image.csv  report.html
+    morphology.csv  morphology.md     (given morphology rows; never part of the score)
     plots/ranking_bars.png  plots/per_image_f1_pq.png  plots/montage_<model>.png
 """
 
@@ -24,6 +25,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from cartocell_bmz.bench import morphology as morph
 from cartocell_bmz.bench.ranking import (
     COLUMN_NAMES,
     RANKING_RULE,
@@ -82,6 +84,8 @@ class ReportFiles:
     per_image_csv: Path
     html: Path
     plots: dict[str, Path] = field(default_factory=dict)
+    morphology_csv: Path | None = None
+    morphology_md: Path | None = None
 
 
 # --------------------------------------------------------------------------- tables
@@ -385,9 +389,27 @@ def _html_table(rows: Sequence[RankingRow]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _morphology_html(rows: Sequence[morph.MorphologyRow]) -> str:
+    """The report's morphology section (empty without rows)."""
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>"
+                   for h in ("model", *(morph.feature_label(k) for k in morph.COMPARED), "images"))
+    body = []
+    for r in rows:
+        cls = ' class="published"' if r.source != morph.SOURCE_BENCHMARK else ""
+        cells = [html.escape(r.model), *(html.escape(c) for c in morph.cell_texts(r)), str(r.n_images)]
+        body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (
+        "<h2>Morphology against the ground truth: the question a biologist asks before trusting a model</h2>\n"
+        f'<table class="morphology"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>\n'
+        f"<p>{html.escape(morph.READING)}</p>\n"
+    )
+
+
 def render_html(rows: Sequence[RankingRow], plots: Mapping[str, Path], *, title: str = "CartoCell model benchmark",
-                notes: Sequence[str] = ()) -> str:
-    """A self-contained HTML page: the ranking table, the rule, notes and the plots (embedded)."""
+                notes: Sequence[str] = (), morphology: Sequence[morph.MorphologyRow] = ()) -> str:
+    """A self-contained HTML page: the ranking table, the rule, notes, the morphology and the plots (embedded)."""
     figures = "\n".join(
         f'<figure><img alt="{html.escape(name)}" src="{_data_uri(p)}"><figcaption>{html.escape(name)}</figcaption></figure>'
         for name, p in plots.items()
@@ -398,6 +420,8 @@ def render_html(rows: Sequence[RankingRow], plots: Mapping[str, Path], *, title:
         "table{border-collapse:collapse;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
         "td:nth-child(2),th:nth-child(2),td:last-child{text-align:left}th{background:#f0f0f0}"
         "tr.published{color:#666;font-style:italic;background:#fafafa}"
+        "table.morphology td,table.morphology th{text-align:right}"
+        "table.morphology td:first-child,table.morphology th:first-child{text-align:left}"
         "figure{margin:1.5em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#555}"
     )
     return (
@@ -405,6 +429,7 @@ def render_html(rows: Sequence[RankingRow], plots: Mapping[str, Path], *, title:
         f"<style>{style}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
         f"<h2>Ranking</h2>\n{_html_table(rows)}\n<p><b>Rule.</b> {html.escape(RANKING_RULE)}</p>\n"
         + (f"<ul>{note_html}</ul>\n" if note_html else "")
+        + _morphology_html(morphology)
         + f"<h2>Plots</h2>\n{figures}\n</body></html>\n"
     )
 
@@ -421,6 +446,7 @@ def write_report(
     montages: Sequence[Montage] = (),
     notes: Sequence[str] = (),
     extra_json: Mapping | None = None,
+    morphology: Sequence[morph.MorphologyRow] = (),
 ) -> ReportFiles:
     """Write every table, plot and the HTML report of a benchmark into ``out``.
 
@@ -441,6 +467,10 @@ def write_report(
         Sentences listed under the table in the HTML report (test set, scheduler...).
     extra_json : mapping, optional
         Additional deterministic fields of ranking.json (e.g. the test set).
+    morphology : sequence of MorphologyRow
+        The morphology against the ground truth (:func:`cartocell_bmz.bench.morphology.morphology_table`):
+        ``morphology.csv``, ``morphology.md`` and a section of the report; the ranking tables
+        do not change.
 
     Returns
     -------
@@ -457,13 +487,16 @@ def write_report(
         per_image_csv=_write_text(out / "per_image.csv", format_per_image_csv(per_image)),
         html=out / "report.html",
     )
+    if morphology:
+        files.morphology_csv = _write_text(out / "morphology.csv", morph.format_csv(morphology))
+        files.morphology_md = _write_text(out / "morphology.md", morph.format_markdown(morphology))
     plots_dir = out / PLOTS_DIR
     files.plots["Ranking columns per model"] = plot_ranking_bars(rows, plots_dir / "ranking_bars.png")
     files.plots["Per-image F1 and PQ at IoU 0.5"] = plot_distributions(
         per_image, plots_dir / "per_image_f1_pq.png", models=[r.model for r in ranking])
     for m in montages:
         files.plots[f"{m.model}: mid-slices of {m.image}"] = plot_montage(m, plots_dir / f"montage_{_safe(m.model)}.png")
-    _write_text(files.html, render_html(rows, files.plots, notes=notes))
+    _write_text(files.html, render_html(rows, files.plots, notes=notes, morphology=morphology))
     return files
 
 

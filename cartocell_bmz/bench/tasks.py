@@ -2,8 +2,10 @@
 
 A task runs the model on ONE image (tiled prediction, watershed, Voronoi: the ``predict``
 step, :func:`cartocell_bmz.run.batch.predict_one`), evaluates the Voronoi cells and the
-probabilities against the ground truth (:func:`cartocell_bmz.run.evaluate.evaluate_volume`)
-and writes the figures to ``OUT/<model>/metrics/<image>.json`` (atomically). It returns
+probabilities against the ground truth (:func:`cartocell_bmz.run.evaluate.evaluate_volume`),
+measures the morphology of the Voronoi cells and of the ground truth
+(:func:`cartocell_bmz.bench.morphology.image_morphology`, kept out of the score) and writes
+the figures to ``OUT/<model>/metrics/<image>.json`` (atomically). It returns
 only a small dictionary; the client reads the per-image files when every task is done
 (:func:`read_metrics`), so no volume ever travels through a scheduler and a worker holds
 one volume's data at a time.
@@ -29,8 +31,8 @@ from cartocell_bmz.layout import DEFAULT_IOU_THRESHOLDS, PROBS_DIR, VORONOI_DIR
 
 #: Folder (inside OUT/<model>) of the per-image metrics files.
 METRICS_DIR = "metrics"
-#: Version of the per-image metrics file format (a different one is recomputed).
-METRICS_FORMAT = 1
+#: Version of the per-image metrics file format (a different one is recomputed; 2: "morphology").
+METRICS_FORMAT = 2
 
 
 class BenchmarkError(CartoCellError):
@@ -162,7 +164,7 @@ def _clean(value):
 
 def run_task(task: Task, *, predict: Callable[[Task], None] | None = None,
              evaluate: Callable | None = None) -> dict:
-    """Predict, post-process and evaluate one model on one image; write its metrics file.
+    """Predict, post-process, evaluate and measure one model on one image; write its metrics file.
 
     Parameters
     ----------
@@ -201,20 +203,22 @@ def run_task(task: Task, *, predict: Callable[[Task], None] | None = None,
 
         torch.set_num_threads(int(task.torch_threads))
     (predict or _default_predict)(task)
-    rows = _evaluate_outputs(task, evaluate or _default_evaluate)
+    rows, morphology = _evaluate_outputs(task, evaluate or _default_evaluate)
     doc = {
         "format": METRICS_FORMAT, "model": task.model.name, "image": task.image.name,
         "model_fingerprint": task.model.fingerprint, "image_fingerprint": task.image.fingerprint,
         "rows": [{k: _clean(v) for k, v in r.items() if k not in ("model", "image")} for r in rows],
+        "morphology": morphology,
     }
     with atomic_open(task.metrics_path) as fh:
         json.dump(doc, fh, indent=1)
     return _result(task, reused=False, seconds=round(time.perf_counter() - t0, 3))
 
 
-def _evaluate_outputs(task: Task, evaluate: Callable) -> list[dict]:
-    """Read what the predict step wrote and the ground truth; return the evaluate rows."""
-    from cartocell_bmz.io.volumes import check_same_shape, read_volume
+def _evaluate_outputs(task: Task, evaluate: Callable) -> tuple[list[dict], dict]:
+    """Read what the predict step wrote and the ground truth; the evaluate rows and the morphology record."""
+    from cartocell_bmz.bench.morphology import image_morphology
+    from cartocell_bmz.io.volumes import check_same_shape, read_spacing, read_volume
 
     name = task.image.name
     vor_path, probs_path = task.out / VORONOI_DIR / name, task.out / PROBS_DIR / name
@@ -225,7 +229,11 @@ def _evaluate_outputs(task: Task, evaluate: Callable) -> list[dict]:
     pred = read_volume(vor_path, "labels").data
     check_same_shape(pred.shape, gt.shape, vor_path, task.image.gt)
     probs = read_volume(probs_path, "probabilities").data
-    return evaluate(pred, gt, probs, tuple(task.thresholds))
+    rows = evaluate(pred, gt, probs, tuple(task.thresholds))
+    del probs
+    # both measured at the image's voxel size (the one predict used): µm figures that compare
+    spacing, _ = read_spacing(task.image.raw)
+    return rows, image_morphology(gt=gt, pred=pred, spacing=spacing)
 
 
 def _result(task: Task, *, reused: bool, seconds: float) -> dict:
@@ -239,8 +247,8 @@ def _result(task: Task, *, reused: bool, seconds: float) -> dict:
 def finished_result(task: Task) -> dict | None:
     """The result of a task whose metrics file is valid for it, else ``None``.
 
-    Valid: the current format, the task's model and image fingerprints, and a row for
-    every threshold of the task.
+    Valid: the current format, the task's model and image fingerprints, a row for every
+    threshold of the task, and a morphology record.
     """
     doc = _read_json(task.metrics_path)
     if doc is None or not _metrics_valid(doc, task):
@@ -259,6 +267,7 @@ def _read_json(path: Path) -> dict | None:
 def _metrics_valid(doc: Mapping, task: Task) -> bool:
     return (doc.get("format") == METRICS_FORMAT and doc.get("model_fingerprint") == task.model.fingerprint
             and doc.get("image_fingerprint") == task.image.fingerprint and bool(doc.get("rows"))
+            and isinstance(doc.get("morphology"), dict)
             and {round(float(r["threshold"]), 6) for r in doc["rows"]} >= {round(t, 6) for t in task.thresholds})
 
 
@@ -266,3 +275,13 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     """Per-image rows (with ``model`` and ``image``) of one metrics file."""
     doc = json.loads(Path(path).read_text())
     return [{"model": doc["model"], "image": doc["image"], **r} for r in doc["rows"]]
+
+
+def read_morphology(path: str | os.PathLike) -> dict | None:
+    """The morphology record (with ``model`` and ``image``) of one metrics file, ``None`` without one.
+
+    See :func:`cartocell_bmz.bench.morphology.image_morphology` for its keys.
+    """
+    doc = json.loads(Path(path).read_text())
+    record = doc.get("morphology")
+    return {"model": doc["model"], "image": doc["image"], **record} if isinstance(record, dict) else None

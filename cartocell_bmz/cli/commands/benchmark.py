@@ -45,8 +45,11 @@ def command(
     ranking.md, ranking.json, per_image.csv, plots/*.png and report.html
     (opens offline). Models are ranked by the mean of IoU B, IoU C, IoU M,
     F1@0.5, PQ@0.5, MTS@0.5, F1@0.75 and PQ@0.75, each averaged over test
-    images; equal scores share a rank. Finished outputs are reused, so a
-    rerun only computes what is missing.
+    images; equal scores share a rank. Beside the ranking, never in its score,
+    OUT/morphology.csv and morphology.md set each model's cells against the
+    ground truth's: mean apical and basal neighbours, scutoid fraction and
+    median cell volume (value, mean absolute error, bias). Finished outputs
+    are reused, so a rerun only computes what is missing.
     """
     import functools
 
@@ -94,6 +97,8 @@ def _print_table(result) -> None:
     if result.published:
         console.print(table(f"Reference only: {SOURCE_PUBLISHED}, 60 cysts, not comparable with the rows above",
                             result.published), style="dim")
+    if result.morphology:
+        console.print(_morphology_table(result.morphology))
     computed = result.n_tasks - result.n_reused
     if computed == 0:
         how = "all reused from an earlier run"
@@ -104,6 +109,22 @@ def _print_table(result) -> None:
         how = f"{computed} computed {where}, {result.n_reused} reused"
     console.print(
         f"{result.n_tasks} model x image tasks ({how}) in {result.seconds:.1f} s.\n"
-        f"Report: {result.files.html}\nTables: {result.files.ranking_csv}, {result.files.ranking_md}",
+        f"Report: {result.files.html}\nTables: {result.files.ranking_csv}, {result.files.ranking_md}"
+        + (f", {result.files.morphology_csv}" if result.files.morphology_csv else ""),
         highlight=False, soft_wrap=True,
     )
+
+
+def _morphology_table(rows):
+    from rich.table import Table
+
+    from cartocell_bmz.bench.morphology import COMPARED, cell_texts, feature_label
+
+    t = Table(title="Morphology against the ground truth (not in the score): mean over test images "
+                    "(err: mean absolute error, bias: mean signed error; volume errors relative)", title_justify="left")
+    t.add_column("model", no_wrap=True)
+    for name in COMPARED:
+        t.add_column(feature_label(name), justify="right", no_wrap=True)
+    for r in rows:
+        t.add_row(r.model, *cell_texts(r))
+    return t

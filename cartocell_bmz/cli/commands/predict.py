@@ -30,6 +30,10 @@ def command(
         None, "--gt", help="Folder of ground-truth labels (same file names): also write instance_associations/ "
                            "and the metrics."),
     float16: bool = typer.Option(False, "--float16", help="Store probabilities as float16 (half the disk space)."),
+    measure: bool = typer.Option(
+        False, "--measure", help="Then measure every segmented cyst of OUT/per_image_post_processing/ into "
+                                 "OUT/measure/: cells.csv, neighbours.csv, cysts.csv and plots, as "
+                                 "`cartocell-bmz measure` (cysts measured before from the same file are read back)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute finished outputs too."),
     trust: bool = typer.Option(
         False, "--trust", help="Do not show the notice about the code a package from outside model_packages/ runs."),
@@ -39,16 +43,33 @@ def command(
     Writes the BiaPy-style tree OUT/per_image/ (probabilities, channels B, C, M),
     OUT/per_image_instances/ (cells after the watershed) and
     OUT/per_image_post_processing/ (cells after the Voronoi), named like the
-    inputs, with their voxel size. Volumes already finished in OUT are skipped
-    unless --overwrite, so an interrupted run continues where it stopped.
+    inputs, with their voxel size. With --measure, every cyst of
+    OUT/per_image_post_processing/ is then measured into OUT/measure/ (per-cell
+    morphology, neighbours, scutoids, in µm; see `cartocell-bmz measure`).
+    Volumes already finished in OUT are skipped and cysts already measured are
+    read back unless --overwrite, so an interrupted run continues where it stopped.
     """
     from cartocell_bmz.cli.progress import RichProgress
+    from cartocell_bmz.errors import OutputError
+    from cartocell_bmz.layout import MEASURE_DIR, VORONOI_DIR
     from cartocell_bmz.run.batch import predict_folder
 
+    tables_dir = Path(out) / MEASURE_DIR
+    if measure and tables_dir.exists() and not tables_dir.is_dir():  # found now, not after the predictions
+        raise OutputError(f"{tables_dir}: is a file, but predict --measure writes its tables there; "
+                          "move it or choose another --out.")
+    tables = None
     with RichProgress() as progress:
         summary = predict_folder(
             model, inputs, out, gt=gt, spacing=tuple(spacing) if spacing else None, float16=float16,
             overwrite=overwrite, weights=weights, tile=tuple(tile) if tile else None, batch_size=batch_size,
             device=device, trust=trust, progress=progress,
         )
+        if measure:
+            from cartocell_bmz.measure.api import measure_files
+
+            tables = measure_files([Path(out) / VORONOI_DIR], tables_dir, overwrite=overwrite, progress=progress)
     typer.echo(str(summary))
+    if tables is not None:
+        typer.echo(f"measured {len(tables.cysts)} cyst(s), {len(tables.cells)} cells; tables in {tables_dir}: "
+                   "cells.csv, neighbours.csv, cysts.csv")
