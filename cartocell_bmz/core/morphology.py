@@ -309,7 +309,30 @@ def _surfaces(faces: Faces, contacts, areas: np.ndarray, shape, n: int, sp: np.n
     trans = (cells["apical_neighbours"] + cells["basal_neighbours"] - 2 * both).astype(np.float64)
     cells["transitions"] = np.where(two_sided, trans, np.nan)
     cells["scutoid"] = two_sided & (trans > 0)
+    cells["t1_transitions"] = np.where(two_sided, _quartets(pa - 1, pb - 1, neighbour, pairs["apical"], pairs["basal"], n),
+                                       np.nan)
     return cells, pairs
+
+
+def _quartets(a: np.ndarray, b: np.ndarray, neighbour, apical, basal, n: int) -> np.ndarray:
+    """Per cell, the T1 quartets it is in: cells i, j touch on one surface only and two of
+    their common neighbours k, l touch on the other surface only (the partners swap)."""
+    count = np.zeros(n)
+    only_basal = neighbour & basal & ~apical
+    only_apical = {(int(x), int(y)) for x, y in zip(a[neighbour & apical & ~basal], b[neighbour & apical & ~basal])}
+    if not only_apical or not only_basal.any():
+        return count
+    around: dict[int, set[int]] = {}
+    for x, y in zip(a[neighbour].tolist(), b[neighbour].tolist()):
+        around.setdefault(x, set()).add(y)
+        around.setdefault(y, set()).add(x)
+    for i, j in zip(a[only_basal].tolist(), b[only_basal].tolist()):
+        common = sorted(around.get(i, set()) & around.get(j, set()))
+        for u, k in enumerate(common):
+            for l in common[u + 1:]:
+                if (k, l) in only_apical:
+                    count[[i, j, k, l]] += 1
+    return count
 
 
 def _shapes(cells: dict, runs: Runs, n: int, sp: np.ndarray, origin: np.ndarray, bg: dict) -> None:
@@ -364,8 +387,8 @@ def _cut_cells(vol: np.ndarray, volume_sides, ids: np.ndarray) -> np.ndarray:
 #: Columns of the cells table, in order.
 CELL_COLUMNS: tuple[str, ...] = (
     "cell", "valid", "volume", "surface_area", "apical_area", "basal_area", "lateral_area", "other_area",
-    "height", "neighbours", "apical_neighbours", "basal_neighbours", "transitions", "scutoid", "sphericity",
-    "solidity", "axis_major", "axis_mid", "axis_minor", "aspect_ratio", "centroid_z", "centroid_y",
+    "height", "neighbours", "apical_neighbours", "basal_neighbours", "transitions", "scutoid", "t1_transitions",
+    "sphericity", "solidity", "axis_major", "axis_mid", "axis_minor", "aspect_ratio", "centroid_z", "centroid_y",
     "centroid_x", "radial_distance", "radial_position", "pieces", "cut",
 )
 #: Columns of the neighbours table, in order.
@@ -418,6 +441,7 @@ def _valid_summary(cells: dict, valid: np.ndarray) -> dict[str, float]:
         return float(how(v)) if len(v) else math.nan
 
     row["scutoid_fraction"] = stat(cells["scutoid"], np.mean)
+    row["t1_scutoid_fraction"] = stat(cells["t1_transitions"] > 0, np.mean)
     row["median_volume"] = stat(cells["volume"], np.median)
     for name in SUMMARISED:
         row[f"mean_{name}"] = stat(cells[name], np.mean)

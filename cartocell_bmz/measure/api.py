@@ -48,7 +48,7 @@ PARAMS_JSON = "measure_params.json"
 SUMMARY_PNG, MONTAGE_PNG = "measure_summary.png", "measure_montage.png"
 PER_CYST_DIR = "per_cyst"
 #: Bumped when the tables change, so that older ``per_cyst`` files are measured again.
-FORMAT = 2
+FORMAT = 3
 
 
 @dataclass(frozen=True)

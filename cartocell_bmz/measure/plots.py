@@ -101,7 +101,11 @@ def _scutoids(ax, cysts, by, colours) -> None:
     else:
         colour = [colours[0]] * len(order)
     x = np.arange(len(order))
-    ax.bar(x, order["scutoid_fraction"].fillna(0).to_numpy(), color=colour)
+    ax.bar(x, order["scutoid_fraction"].fillna(0).to_numpy(), color=colour, label="any transition")
+    if "t1_scutoid_fraction" in order.columns:
+        ax.plot(x, order["t1_scutoid_fraction"].to_numpy(), "D", color="black", markersize=4,
+                label="in a T1 quartet (partners swap)")
+        ax.legend(fontsize=8, loc="upper right")
     if by:
         for g in keys:
             sel = (order[by].astype(str) == g).to_numpy()

@@ -240,6 +240,8 @@ def test_shell_has_scutoids_and_transitions_match(shell, truth):
     flips = clear["apical"] & clear["basal"] & ((truth["apical"][0] > 0) != (truth["basal"][0] > 0))
     assert flips.any()
     assert cells["scutoid"][flips.any(axis=1)].all()
+    t1 = cells["t1_transitions"] > 0  # the quartet rule keeps most scutoids of a real intercalation
+    assert not (t1 & ~cells["scutoid"]).any() and t1.sum() >= 0.7 * cells["scutoid"].sum()
 
 
 def test_shell_areas_heights_and_lumen(shell):
