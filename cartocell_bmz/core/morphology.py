@@ -108,7 +108,8 @@ def measure_cyst(
     contact_threshold : float
         Share of each cell's lateral area a contact needs to make them neighbours.
     window : int
-        Block side (voxels) of the surface-normal window of the area estimator.
+        Block side, in voxels of the finest axis, of the surface-normal window of the
+        area estimator (:func:`cartocell_bmz.core.morph_surface.face_areas`).
 
     Returns
     -------
