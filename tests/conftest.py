@@ -10,9 +10,6 @@ import pytest
 # Tests must never reach the network; bioimageio honours this for its downloads.
 os.environ.setdefault("BIOIMAGEIO_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-REFERENCE = SHARED / "reference" / "bmz-cartocell"
 
 
 @pytest.fixture(scope="session")

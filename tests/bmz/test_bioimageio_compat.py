@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import REFERENCE
+from lookalike import REFERENCE
 
 PUBLISHED = ["happy-honeybee", "heroic-otter", "idealistic-turtle", "intelligent-lion",
              "merry-water-buffalo", "venomous-swan"]

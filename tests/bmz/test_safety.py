@@ -19,7 +19,7 @@ from cartocell_bmz.bmz.safety import (
     sha256_file,
     verify_files,
 )
-from conftest import REFERENCE
+from lookalike import REFERENCE
 
 
 def _zip(path: Path, members: dict[str, bytes], *, symlink: str | None = None) -> Path:
