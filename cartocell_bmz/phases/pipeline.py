@@ -163,7 +163,6 @@ def run_pipeline(
     PipelineResult
     """
     from cartocell_bmz.phases.pseudo_label import model_fingerprint, pseudo_label
-    from cartocell_bmz.train.config import TrainConfig
     from cartocell_bmz.train.loop import train
     from cartocell_bmz.io.progress import nested, report
     from cartocell_bmz.io.volumes import ensure_output_dir
@@ -172,12 +171,7 @@ def run_pipeline(
     root = check_layout(data_root)
     out = ensure_output_dir(out)
     names = m2_names(arch_m2)
-    overrides = dict(overrides or {})
-    for bad in ("arch", "preset"):
-        if bad in overrides:
-            raise ConfigError(f"overrides cannot set {bad!r}; use the preset and arch arguments.")
-    cfg_m1 = TrainConfig.from_preset(preset, arch=arch_m1, seed=seed, device=device, **overrides)
-    cfg_m2 = {name: TrainConfig.from_preset(preset, arch=a, seed=seed, device=device, **overrides) for name, a in names.items()}
+    cfg_m1, cfg_m2 = _configs(preset, arch_m1, names, seed=seed, device=device, overrides=overrides)
     n_steps = 2 + 2 * len(cfg_m2) + 1
     step = 0
 
@@ -242,17 +236,37 @@ def run_pipeline(
         timings[f"eval_{name}"] = time.perf_counter() - t
         step += 1
 
-    comparison = compare(summaries, runs)
-    _write_json(out / COMPARISON_JSON, comparison)
-    from cartocell_bmz.io.volumes import atomic_open
-
-    with atomic_open(out / COMPARISON_MD) as fh:
-        fh.write(comparison_markdown(comparison) + "\n")
+    comparison = _write_comparison(out, compare(summaries, runs))
     seconds = time.perf_counter() - t0
     record(finished=True, last_call_seconds=round(seconds, 1), last_call_phase_seconds={k: round(v, 1) for k, v in timings.items()})
     result = PipelineResult(out=out, runs=runs, pseudo_labels=pseudo, comparison=comparison, seconds=seconds)
     report(progress, n_steps, n_steps, "finished")
     return result
+
+
+
+def _configs(preset: str, arch_m1: str, names: Mapping[str, str], *, seed: int, device: str,
+             overrides: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """Training configurations of M1 and of each M2 (same preset, seed and overrides)."""
+    from cartocell_bmz.train.config import TrainConfig
+
+    overrides = dict(overrides or {})
+    for bad in ("arch", "preset"):
+        if bad in overrides:
+            raise ConfigError(f"overrides cannot set {bad!r}; use the preset and arch arguments.")
+    cfg_m1 = TrainConfig.from_preset(preset, arch=arch_m1, seed=seed, device=device, **overrides)
+    cfg_m2 = {name: TrainConfig.from_preset(preset, arch=a, seed=seed, device=device, **overrides) for name, a in names.items()}
+    return cfg_m1, cfg_m2
+
+
+def _write_comparison(out: Path, comparison: dict) -> dict:
+    """Write ``comparison.json`` and ``comparison.md``; return the comparison."""
+    from cartocell_bmz.io.volumes import atomic_open
+
+    _write_json(out / COMPARISON_JSON, comparison)
+    with atomic_open(out / COMPARISON_MD) as fh:
+        fh.write(comparison_markdown(comparison) + "\n")
+    return comparison
 
 
 def evaluate_run(
