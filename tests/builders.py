@@ -97,3 +97,21 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+
+
+#: The project's own packages in model_packages/.
+MODEL_PACKAGES = sorted(rdf.parent for rdf in (Path(__file__).resolve().parents[1] / "model_packages").glob("*/rdf.yaml"))
+#: The package every default test run checks; the other five run with ``-m slow``.
+DEFAULT_RUN_PACKAGE = "synthetic-unet"
+
+
+def model_package_params() -> list:
+    """One pytest param per package of model_packages/: synthetic-unet in the default run, the rest slow.
+
+    A check of every package costs minutes (the largest halos need large volumes); the default
+    run keeps one package so that the check itself is always exercised, and ``pytest -m slow``
+    runs the other five before an issue touching packaging or prediction is closed.
+    """
+    return [pytest.param(p, id=p.name, marks=() if p.name == DEFAULT_RUN_PACKAGE else pytest.mark.slow(
+        reason="every model package: run with -m slow before closing an issue on packaging or prediction"))
+        for p in MODEL_PACKAGES]

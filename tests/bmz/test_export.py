@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from builders import make_run, no_network, write_cyst
+from builders import MODEL_PACKAGES, model_package_params, make_run, no_network, write_cyst
 from cartocell_bmz.errors import ConfigError, InputError, ModelError, OutputError
 from cartocell_bmz.layout import CHANNELS
 from cartocell_bmz.bmz.contents import CHANNEL_NAMES, INPUT_ID, OUTPUT_ID
@@ -266,10 +266,9 @@ def test_blocked_prediction_equals_whole_volume_in_plain_bioimageio_core(built):
 
 
 #: The project's packages in model_packages/ (issue 6: each one passes the check below).
-MODEL_PACKAGES = sorted(rdf.parent for rdf in (Path(__file__).resolve().parents[2] / "model_packages").glob("*/rdf.yaml"))
 
 
-@pytest.mark.parametrize("package", MODEL_PACKAGES, ids=[p.name for p in MODEL_PACKAGES])
+@pytest.mark.parametrize("package", model_package_params())
 def test_model_packages_blocked_equal_whole_volume_in_plain_bioimageio_core(package, tmp_path):
     """Each package of model_packages/, loaded by plain bioimageio.core offline: blocked == whole within 0.01."""
     assert len(MODEL_PACKAGES) == 6

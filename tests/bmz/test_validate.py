@@ -15,7 +15,7 @@ from cartocell_bmz.cli.app import app
 from cartocell_bmz.errors import ConfigError, InputError, ModelError
 from cartocell_bmz.bmz.export import build_package
 from cartocell_bmz.bmz.validate import DESCRIPTION_ROW, ValidationRow, all_passed, resolve_source, validate_package
-from builders import make_run, no_network, write_cyst
+from builders import MODEL_PACKAGES, model_package_params, make_run, no_network, write_cyst
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +52,9 @@ def test_every_weight_format_passes_offline(package):
     assert all(r.n_tests >= 4 for r in rows[1:])
 
 
-MODEL_PACKAGES = sorted(rdf.parent for rdf in (Path(__file__).resolve().parents[2] / "model_packages").glob("*/rdf.yaml"))
 
 
-@pytest.mark.parametrize("package_dir", MODEL_PACKAGES, ids=[p.name for p in MODEL_PACKAGES])
+@pytest.mark.parametrize("package_dir", model_package_params())
 def test_every_model_package_passes_both_weight_formats_offline(package_dir):
     """Issue 6: `validate` passes for every package in model_packages/, both formats, with no network."""
     assert len(MODEL_PACKAGES) == 6
