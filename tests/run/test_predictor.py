@@ -15,7 +15,7 @@ from cartocell_bmz.run.margins import blended_edge_error, choose_margin
 from cartocell_bmz.run.predictor import Predictor, predict_probabilities, predict_whole
 from cartocell_bmz.bmz.resolve import local_packages
 from lookalike import PUBLISHED_IDS, build_lookalike
-from builders import ONE_LEVEL, SMALL_KWARGS
+from builders import ONE_LEVEL, SMALL_KWARGS, model_package_params
 
 #: The project's own packages (read before the tests point CARTOCELL_BMZ_MODEL_PACKAGES elsewhere).
 MODEL_PACKAGES = local_packages()
@@ -268,7 +268,13 @@ def test_segment_returns_cells(packages, cyst):
         segment(cyst, packages["merry-water-buffalo"], spacing=(1, 0, 1), trust=True)
 
 
-@pytest.mark.parametrize("model_id", PUBLISHED_IDS)
+#: happy-honeybee (the best published model) in the default run; the other five published sizes
+#: (14-53 s each on 2 cores) with -m slow, before closing an issue on prediction.
+PUBLISHED_SIZE_CASES = [pytest.param(m, marks=() if m == "happy-honeybee" else pytest.mark.slow(
+    reason="every published size: run with -m slow before closing an issue on prediction")) for m in PUBLISHED_IDS]
+
+
+@pytest.mark.parametrize("model_id", PUBLISHED_SIZE_CASES)
 def test_published_size_lookalikes_match_whole_volume(model_id, tmp_path):
     """The six look-alikes at the published 80^3, default (measured) margins, a cyst larger than a tile.
 
@@ -322,14 +328,7 @@ def _callable(arch: str) -> str:
     return ARCHITECTURES[arch].callable
 
 
-def _model_packages() -> list:
-    """One case per package in model_packages/."""
-    found = sorted(MODEL_PACKAGES.items())
-    assert found, "model_packages/ holds no package"
-    return [pytest.param(path, id=name) for name, path in found]
-
-
-@pytest.mark.parametrize("package", _model_packages())
+@pytest.mark.parametrize("package", model_package_params())
 def test_model_packages_match_whole_volume(package):
     """Every package of this project, tiled on a cyst larger than one tile, equals whole-volume prediction."""
     from cartocell_bmz.core.phantoms import make_cyst
