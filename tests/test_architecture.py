@@ -150,3 +150,16 @@ def test_the_rules_catch_an_offence(rule, tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "MODULES", [bad])
     with pytest.raises(AssertionError):
         rule()
+
+
+def test_test_files_have_unique_basenames():
+    """Tests live in rootdir-relative folders without ``__init__.py``: pytest imports each
+    file by its basename, so two ``test_x.py`` in different rooms break collection."""
+    tests = Path(__file__).resolve().parent
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted(tests.rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(tests)} and {path.relative_to(tests)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, "same basename: " + "; ".join(clashes)
