@@ -46,3 +46,43 @@ def test_progress_is_reported_through_the_callback(tmp_path):
 def test_unknown_split_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown split"):
         make_dataset(tmp_path / "d", PhantomConfig(counts={"training": 1}))
+
+
+#: Fingerprint (:func:`cartocell_bmz.bench.inputs.file_fingerprint`) of the ``test`` folder of
+#: ``PhantomConfig(seed=0)``: the benchmark's embedded test set, which must never change.
+EMBEDDED_TEST_FINGERPRINT = "82be21b2eccb217e6d7cebe49c9d24d289dc8f169a483b7188ead685282ff246"
+
+
+def test_simple_kind_keeps_the_benchmarks_embedded_test_set(tmp_path):
+    from cartocell_bmz.bench.inputs import file_fingerprint
+
+    make_dataset(tmp_path / "d", PhantomConfig(seed=0, counts={"test": 4}), optics="simple")
+    assert file_fingerprint(tmp_path / "d" / "test") == EMBEDDED_TEST_FINGERPRINT
+    assert "optics" not in json.loads((tmp_path / "d" / "dataset.json").read_text())
+
+
+def test_cartocell_kind_images_the_splits_with_their_acquisitions(tmp_path):
+    from cartocell_bmz.io.phantom_sets import CARTOCELL_COUNTS, OPTICS_PREVIEW, default_counts
+
+    assert default_counts("cartocell") == CARTOCELL_COUNTS
+    assert CARTOCELL_COUNTS["train_M2"] > 4 * CARTOCELL_COUNTS["train_M1"]
+    assert CARTOCELL_COUNTS["test"] > CARTOCELL_COUNTS["train_M1"] + CARTOCELL_COUNTS["validation"]
+    cfg = PhantomConfig(seed=1, shape=(12, 32, 32), counts={"train_M1": 1, "validation": 1, "train_M2": 1, "test": 1})
+    first = make_dataset(tmp_path / "a", cfg, optics="cartocell", preview=True)
+    make_dataset(tmp_path / "b", cfg, optics="cartocell")
+    simple = make_dataset(tmp_path / "s", cfg)
+    for split, paths in first.items():
+        for p in paths:
+            raw = tmp_path / "a" / split / "x" / p.name
+            assert _digest(raw) == _digest(tmp_path / "b" / split / "x" / p.name)
+            assert _digest(raw) != _digest(tmp_path / "s" / split / "x" / p.name)
+            assert read_volume(raw).data.shape == (12, 32, 32)
+    saved = json.loads((tmp_path / "a" / "dataset.json").read_text())
+    assert saved["optics"] == "cartocell"
+    assert saved["acquisitions"] == {"train_M1": "high_resolution", "validation": "high_resolution",
+                                     "train_M2": "low_resolution", "test": "low_resolution"}
+    assert saved["acquisition_parameters"]["low_resolution"]["psf_sigma"][0] > 1.0
+    assert (tmp_path / "a" / "previews" / OPTICS_PREVIEW).is_file()
+    assert set(simple) == set(first)
+    with pytest.raises(ValueError, match="unknown optics"):
+        make_dataset(tmp_path / "c", cfg, optics="fancy")
