@@ -1,0 +1,269 @@
+"""Finding whole cysts in an acquisition: candidates, their lumens, layers and the reason to keep or reject.
+
+A cyst is a connected cellular region (the M channel, or a label volume's
+foreground) around an enclosed lumen.  :func:`find_cysts` finds every
+candidate and classifies it; only cysts that are whole, free, large enough,
+with one lumen and one cell layer are kept (those are what CartoCell's models
+are trained on).  The reasons, in the order they are tested, are
+:data:`REASONS`.
+
+- *cut by the stack border*: the region reaches a face of the stack;
+- *too small*: cellular volume below ``min_volume`` (µm³);
+- *no lumen*: no enclosed background larger than ``min_lumen`` (µm³);
+- *touching another cyst*: one region with several lumens whose parts (each
+  lumen's nearest cells) meet over a small patch only, or a region closer than
+  ``touch_gap`` µm to another one;
+- *several lumens*: several lumens in one region sharing a wide wall;
+- *several layers*: with ``cells`` given, most of the wall's cells do not
+  reach both the lumen and the outside.
+
+Examples
+--------
+>>> import numpy as np
+>>> z, y, x = np.ogrid[-10:11, -10:11, -10:11]
+>>> r = np.sqrt(z**2 + y**2 + x**2)
+>>> shell = np.pad((r <= 9) & (r >= 5), 3)
+>>> [(c.reason, c.lumens) for c in find_cysts(shell, spacing=(1, 1, 1), min_volume=10)]
+[('kept', 1)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from cartocell_bmz.core.spacing import check_spacing
+
+KEPT = "kept"
+#: Reasons a candidate is rejected, in the order they are tested.
+REASONS: tuple[str, ...] = (
+    "cut by the stack border", "too small", "no lumen", "touching another cyst", "several lumens", "several layers",
+)
+#: Defaults (µm, µm³ and fractions); ``crop`` exposes them as options.
+MIN_VOLUME_UM3 = 300.0
+MIN_LUMEN_UM3 = 5.0
+TOUCH_GAP_UM = 0.0
+#: Shared wall of two lumens' parts, relative to the smaller part's size (voxels / voxels^(2/3)): below it, touching.
+FUSED_CONTACT = 0.45
+#: Fraction of the wall (voxels) in cells that reach both lumen and outside: below it, several layers.
+SINGLE_LAYER_FRACTION = 0.5
+
+Box = tuple[int, int, int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One cyst candidate.
+
+    Attributes
+    ----------
+    box : tuple of 6 ints
+        ``(z0, y0, x0, z1, y1, x1)`` (half-open) of its cells.
+    volume_um3 : float
+        Cellular volume.
+    lumens : int
+        Enclosed lumens found in its region.
+    layer_fraction : float
+        Fraction of its wall in cells that reach both lumen and outside (``nan`` without cells).
+    reason : str
+        ``"kept"`` or one of :data:`REASONS`.
+    """
+
+    box: Box
+    volume_um3: float
+    lumens: int
+    layer_fraction: float
+    reason: str
+
+    @property
+    def kept(self) -> bool:
+        """Whether the cyst is kept."""
+        return self.reason == KEPT
+
+
+def find_cysts(
+    mask: np.ndarray,
+    *,
+    spacing: Sequence[float],
+    cells: np.ndarray | None = None,
+    min_volume: float = MIN_VOLUME_UM3,
+    min_lumen: float = MIN_LUMEN_UM3,
+    touch_gap: float = TOUCH_GAP_UM,
+    fused_contact: float = FUSED_CONTACT,
+    single_layer: float = SINGLE_LAYER_FRACTION,
+) -> list[Candidate]:
+    """Find and classify the cyst candidates of a cellular mask.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        ``(Z, Y, X)`` bool: the cellular region (M channel above its threshold, or labels > 0).
+    spacing : sequence of 3 floats
+        Voxel size ``(z, y, x)`` in micrometres.
+    cells : numpy.ndarray, optional
+        Cell labels of the same shape (true cells, or cell bodies of the B channel);
+        without them the layers are not tested.
+    min_volume, min_lumen : float
+        Smallest cellular volume of a cyst and smallest lumen, in µm³.
+    touch_gap : float
+        Regions closer than this (µm) to another region are touching (0: only regions that merge).
+    fused_contact, single_layer : float
+        See :data:`FUSED_CONTACT` and :data:`SINGLE_LAYER_FRACTION`.
+
+    Returns
+    -------
+    list of Candidate
+        Sorted by box (z0, y0, x0).  A region with several lumens that only touch
+        gives one candidate per lumen.
+    """
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be (Z, Y, X), got shape {mask.shape}")
+    if cells is not None and np.shape(cells) != mask.shape:
+        raise ValueError(f"cells {np.shape(cells)} and mask {mask.shape} differ in shape")
+    spacing = check_spacing(spacing)
+    voxel = float(np.prod(spacing))
+    regions, n = ndi.label(mask)
+    near = _near_others(regions, n, spacing, touch_gap)
+    out: list[Candidate] = []
+    for index, sl in enumerate(ndi.find_objects(regions), start=1):
+        if sl is None:
+            continue
+        pad = tuple(slice(max(0, s.start - 1), min(m, s.stop + 1)) for s, m in zip(sl, mask.shape))
+        region = regions[pad] == index
+        local_cells = None if cells is None else np.where(region, cells[pad], 0)
+        origin = tuple(s.start for s in pad)
+        for part in _classify(region, local_cells, origin, mask.shape, voxel, min_volume, min_lumen,
+                              index in near, fused_contact, single_layer):
+            out.append(part)
+    return sorted(out, key=lambda c: c.box)
+
+
+def _classify(region, cells, origin, shape, voxel, min_volume, min_lumen, near, fused_contact, single_layer):
+    """Candidates of one connected region (in a box padded by one voxel)."""
+    from scipy import ndimage as ndi
+
+    box = _offset(_bbox(region), origin)
+    volume = float(region.sum()) * voxel
+
+    def one(reason, lumens=0, frac=float("nan"), b=box, v=volume):
+        return Candidate(b, round(v, 3), lumens, frac, reason)
+
+    if any(b == 0 for b in box[:3]) or any(b == s for b, s in zip(box[3:], shape)):
+        return [one("cut by the stack border")]
+    if volume < min_volume:
+        return [one("too small")]
+    holes = ndi.binary_fill_holes(region) & ~region
+    lumens, n = ndi.label(holes)
+    if n:
+        sizes = np.bincount(lumens.ravel())[1:] * voxel
+        big = np.flatnonzero(sizes >= min_lumen) + 1
+        lumens = np.where(np.isin(lumens, big), np.searchsorted(big, lumens) + 1, 0) if len(big) < n else lumens
+        n = len(big)
+    if n == 0:
+        return [one("no lumen")]
+    frac = _layer_fraction(region, lumens > 0, cells) if cells is not None else float("nan")
+    if near:
+        return [one("touching another cyst", n, frac)]
+    if n == 1:
+        return [one("several layers" if frac < single_layer else KEPT, 1, frac)]
+    parts, contact = _split_by_lumen(region, lumens, n)
+    if contact >= fused_contact:
+        return [one("several lumens", n, frac)]
+    found = []
+    for k in range(1, n + 1):
+        piece = parts == k
+        found.append(one("touching another cyst", 1, frac, _offset(_bbox(piece), origin), float(piece.sum()) * voxel))
+    return found
+
+
+def _split_by_lumen(region: np.ndarray, lumens: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+    """Each cellular voxel to its nearest lumen; the widest shared wall of two parts, relative to their size."""
+    from scipy import ndimage as ndi
+
+    _, idx = ndi.distance_transform_edt(lumens == 0, return_indices=True)
+    parts = np.where(region, lumens[tuple(idx)], 0)
+    sizes = np.bincount(parts.ravel(), minlength=n + 1)
+    worst = 0.0
+    for axis in range(3):
+        a = np.moveaxis(parts, axis, 0)
+        lo, hi = a[:-1], a[1:]
+        meet = (lo > 0) & (hi > 0) & (lo != hi)
+        if not meet.any():
+            continue
+        pairs = np.stack([np.minimum(lo[meet], hi[meet]), np.maximum(lo[meet], hi[meet])], 1)
+        keys, counts = np.unique(pairs, axis=0, return_counts=True)
+        for (i, j), c in zip(keys, counts):
+            worst = max(worst, c / max(min(sizes[i], sizes[j]), 1) ** (2 / 3))
+    return parts, float(worst)
+
+
+def _layer_fraction(region: np.ndarray, lumen: np.ndarray, cells: np.ndarray) -> float:
+    """Fraction of the wall's voxels in cells that touch both the lumen and the outside."""
+    from scipy import ndimage as ndi
+
+    outside = ~(region | ndi.binary_fill_holes(region))
+    near_in = ndi.binary_dilation(lumen) & region
+    near_out = ndi.binary_dilation(outside) & region
+    labels = np.where(region, cells, 0).astype(np.int64)
+    top = int(labels.max())
+    if top == 0:
+        return 0.0
+    inner = np.zeros(top + 1, bool)
+    outer = np.zeros(top + 1, bool)
+    inner[np.unique(labels[near_in])] = True
+    outer[np.unique(labels[near_out])] = True
+    both = inner & outer
+    both[0] = False
+    sizes = np.bincount(labels.ravel(), minlength=top + 1)
+    return float(sizes[both].sum() / max(sizes[1:].sum(), 1))
+
+
+def _near_others(regions: np.ndarray, n: int, spacing, gap: float) -> set[int]:
+    """Regions closer than ``gap`` µm to another region."""
+    from scipy import ndimage as ndi
+
+    if gap <= 0 or n < 2:
+        return set()
+    dist, idx = ndi.distance_transform_edt(regions == 0, sampling=spacing, return_indices=True)
+    nearest = regions[tuple(idx)]
+    near: set[int] = set()
+    # a background voxel within gap/2 of two regions' zones of influence joins them
+    zone = dist <= gap / 2
+    for axis in range(3):
+        a = np.moveaxis(nearest, axis, 0)
+        z = np.moveaxis(zone, axis, 0)
+        meet = z[:-1] & z[1:] & (a[:-1] != a[1:]) & (a[:-1] > 0) & (a[1:] > 0)
+        near.update(np.unique(a[:-1][meet]).tolist())
+        near.update(np.unique(a[1:][meet]).tolist())
+    return near
+
+
+def crop_box(box: Sequence[int], margin: Sequence[int], shape: Sequence[int]) -> tuple[slice, slice, slice]:
+    """Slices of ``box`` grown by ``margin`` voxels per axis, clipped to ``shape``.
+
+    Examples
+    --------
+    >>> crop_box((2, 2, 2, 5, 5, 5), (1, 3, 3), (10, 6, 10))
+    (slice(1, 6, None), slice(0, 6, None), slice(0, 8, None))
+    """
+    return tuple(slice(max(0, int(b) - int(m)), min(int(s), int(e) + int(m)))  # type: ignore[return-value]
+                 for b, e, m, s in zip(box[:3], box[3:], margin, shape))
+
+
+def _bbox(mask: np.ndarray) -> Box:
+    idx = np.argwhere(mask)
+    if not len(idx):
+        return (0, 0, 0, 0, 0, 0)
+    return (*(int(v) for v in idx.min(0)), *(int(v) + 1 for v in idx.max(0)))  # type: ignore[return-value]
+
+
+def _offset(box: Box, origin) -> Box:
+    return (*(b + o for b, o in zip(box[:3], origin)), *(b + o for b, o in zip(box[3:], origin)))  # type: ignore[return-value]
+
+
+__all__ = ["KEPT", "REASONS", "Candidate", "find_cysts", "crop_box"]
