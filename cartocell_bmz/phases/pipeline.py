@@ -10,6 +10,16 @@ of the paper::
     phase 5  predict, post-process and evaluate M1 and M2 on test -> OUT/eval_M1/, OUT/eval_M2/
              and compare them                                   -> OUT/comparison.{json,md}
 
+With ``rounds=N`` (N > 1) pseudo-labelling is repeated with the latest model::
+
+    round r  pseudo-label train_M2/x with the previous round's M2 -> OUT/pseudo_labels_round<r>/
+             train M2 on them                                    -> OUT/M2_round<r>/
+             evaluate it on test                                 -> OUT/eval_M2_round<r>/
+
+Every M2 is compared with M1 on the same test cysts: the F1@0.5 difference and a
+paired bootstrap confidence interval over the cysts (:func:`cartocell_bmz.core.bootstrap.paired_bootstrap`)
+in ``comparison.{json,md}``.
+
 ``train_M2/y`` is never read: M2 learns from M1's pseudo-labels only.  With
 several M2 architectures (``arch_m2=["unet", "resunet", ...]``) each M2 gets
 its own folder ``OUT/M2_<arch>`` and evaluation ``OUT/eval_M2_<arch>``, all
@@ -34,7 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 from cartocell_bmz.errors import ConfigError, InputError
 from cartocell_bmz.train.run import MODEL_JSON
 from cartocell_bmz.layout import (
-    CHANNELS, INSTANCES_DIR, LABEL_DIR, PROBS_DIR, RAW_DIR, SUMMARY_JSON, VORONOI_DIR,
+    CHANNELS, INSTANCES_DIR, LABEL_DIR, METRICS_CSV, PROBS_DIR, RAW_DIR, SUMMARY_JSON, VORONOI_DIR,
 )
 
 PIPELINE_JSON = "pipeline.json"
@@ -47,6 +57,10 @@ COMPARISON_COLUMNS: tuple[tuple[str, str], ...] = (
     ("iou_B", "IoU B"), ("iou_C", "IoU C"), ("iou_M", "IoU M"),
 )
 _FIGURE_KEYS = {"f1": "f1", "pq": "panoptic_quality", "mts": "mean_true_score"}
+#: Comparison key of an M2's paired bootstrap against M1 (F1@0.5 per test cyst).
+VERSUS_M1 = "f1@0.5_vs_M1"
+#: Seed of the comparison's bootstrap (fixed: the same evaluations give the same interval).
+BOOTSTRAP_SEED = 0
 
 
 @dataclass
@@ -60,7 +74,8 @@ class PipelineResult:
         Model name (``"M1"``, ``"M2"`` or ``"M2_<arch>"``) -> :class:`~cartocell_bmz.train.loop.RunSummary`.
     pseudo_labels : PseudoLabelSummary
     comparison : dict
-        Model name -> figures (see :data:`COMPARISON_COLUMNS`) plus training facts.
+        Model name -> figures (see :data:`COMPARISON_COLUMNS`), training facts, the round
+        and, for every M2, the paired bootstrap against M1 (:data:`VERSUS_M1`).
     seconds : float
         Time of this call.
     """
@@ -128,6 +143,7 @@ def run_pipeline(
     device: str = "auto",
     overrides: Mapping[str, Any] | None = None,
     postprocess_config: Any = None,
+    rounds: int = 1,
     progress: Callable[..., None] | None = None,
 ) -> PipelineResult:
     """Run CartoCell's phases 2-5 on a dataset, resuming whatever is already done.
@@ -153,32 +169,43 @@ def run_pipeline(
         preset's for both M1 and M2 (``{"epochs": 5}``).
     postprocess_config : PostprocessConfig, optional
         Watershed and Voronoi settings for pseudo-labels and evaluation.
+    rounds : int
+        Rounds of pseudo-labelling: 1 (CartoCell's) or more, each further round
+        pseudo-labelling ``train_M2/x`` with the previous round's M2 and training
+        ``M2_round<r>`` on them (one M2 architecture only).
     progress : callable, optional
         ``progress(done, total, message)`` (:mod:`cartocell_bmz.io.progress`): one run
-        over the steps (train M1, pseudo-label, train each M2, evaluate each model), the
+        over the steps (train M1, pseudo-label, train each M2, two steps per further
+        round, evaluate each model), the
         message naming the step and the step's own progress (epochs, volumes).
 
     Returns
     -------
     PipelineResult
     """
-    from cartocell_bmz.phases.pseudo_label import model_fingerprint, pseudo_label
-    from cartocell_bmz.train.loop import train
     from cartocell_bmz.io.progress import nested, report
     from cartocell_bmz.io.volumes import ensure_output_dir
+    from cartocell_bmz.phases.pseudo_label import model_fingerprint
+    from cartocell_bmz.train.loop import train
 
     t0 = time.perf_counter()
     root = check_layout(data_root)
-    out = ensure_output_dir(out)
     names = m2_names(arch_m2)
+    if int(rounds) < 1:
+        raise ConfigError(f"rounds must be at least 1, got {rounds}.")
+    if rounds > 1 and len(names) > 1:
+        raise ConfigError("rounds > 1 pseudo-labels with the latest M2: give one M2 architecture.")
+    out = ensure_output_dir(out)
     cfg_m1, cfg_m2 = _configs(preset, arch_m1, names, seed=seed, device=device, overrides=overrides)
-    n_steps = 2 + 2 * len(cfg_m2) + 1
+    n_steps = 2 + 2 * len(cfg_m2) + 1 + 3 * (rounds - 1)
     step = 0
 
     def begin(message: str):
         """Report the start of the next step; the callback for that step's own progress."""
-        report(progress, step, n_steps, message)
-        return nested(progress, step, n_steps, message)
+        nonlocal step
+        step += 1
+        report(progress, step - 1, n_steps, message)
+        return nested(progress, step - 1, n_steps, message)
 
     state = _read_json(out / PIPELINE_JSON)
     timings: dict[str, float] = {}
@@ -187,62 +214,96 @@ def run_pipeline(
         state.update(changes)
         _write_json(out / PIPELINE_JSON, state)
 
-    record(data_root=str(root.resolve()), preset=preset, arch_m1=arch_m1, arch_m2=list(names.values()), seed=seed)
+    record(data_root=str(root.resolve()), preset=preset, arch_m1=arch_m1, arch_m2=list(names.values()), seed=seed,
+           rounds=int(rounds))
 
     # ---- phase 2: M1
     inner = begin(f"phase 2/5: training M1 ({arch_m1}, preset {preset}) on {root / 'train_M1'} -> {out / 'M1'}")
     t = time.perf_counter()
     runs = {"M1": train(cfg_m1, root / "train_M1", root / "validation", out / "M1", progress=inner)}
     timings["M1"] = time.perf_counter() - t
-    step += 1
     sha_m1 = model_fingerprint(out / "M1")
 
-    # ---- phase 3: pseudo-labels
-    pl_dir = out / "pseudo_labels"
-    pl_status = _read_json(pl_dir / "status.json")
-    stale = pl_status.get("model_sha256") not in (None, sha_m1)
-    inner = begin(f"phase 3/5: pseudo-labelling {root / 'train_M2' / RAW_DIR} with M1 -> {pl_dir}"
-                  + (" (M1 changed: redoing)" if stale else ""))
-    t = time.perf_counter()
-    pseudo = pseudo_label(
-        out / "M1", root / "train_M2" / RAW_DIR, pl_dir, config=postprocess_config, device=device,
-        fresh=stale, progress=inner,
-    )
-    timings["pseudo_labels"] = time.perf_counter() - t
-    step += 1
-
-    # ---- phase 4: M2
-    made_from = dict(state.get("m2_trained_on", {}))
+    # ---- phase 3: pseudo-labels; phase 4: M2 (each architecture)
+    ctx = _Steps(root=root, out=out, begin=begin, record=record, timings=timings, device=device,
+                 postprocess_config=postprocess_config, made_from=dict(state.get("m2_trained_on", {})))
+    pseudo = ctx.pseudo_label(out / "M1", out / "pseudo_labels", "phase 3/5", "M1")
     for name, cfg in cfg_m2.items():
-        fresh = made_from.get(name) not in (None, sha_m1)
-        made_from[name] = sha_m1
-        record(m2_trained_on=made_from)
-        inner = begin(f"phase 4/5: training {name} ({cfg.arch}) on the pseudo-labels -> {out / name}"
-                      + (" (pseudo-labels changed: retraining)" if fresh else ""))
-        t = time.perf_counter()
-        runs[name] = train(cfg, pl_dir, root / "validation", out / name, resume=not fresh, progress=inner)
-        timings[name] = time.perf_counter() - t
-        step += 1
+        runs[name] = ctx.train_m2(name, cfg, out / "pseudo_labels", sha_m1, "phase 4/5", "the pseudo-labels")
+    round_of = {"M1": 0, **{name: 1 for name in cfg_m2}}
+
+    # ---- further rounds: pseudo-label with the latest M2, train the next
+    teacher, cfg = next(iter(cfg_m2.items()))
+    for r in range(2, int(rounds) + 1):
+        tag, pl_dir, name = f"round {r}/{rounds}", out / f"pseudo_labels_round{r}", f"M2_round{r}"
+        ctx.pseudo_label(out / teacher, pl_dir, tag, teacher)
+        runs[name] = ctx.train_m2(name, cfg, pl_dir, model_fingerprint(out / teacher), tag, f"{teacher}'s pseudo-labels")
+        round_of[name], teacher = r, name
 
     # ---- phase 5: evaluation on test
-    summaries = {}
-    for name in runs:
-        inner = begin(f"phase 5/5: predicting and evaluating {name} on {root / 'test'} -> {out / ('eval_' + name)}")
-        t = time.perf_counter()
-        summaries[name] = evaluate_run(
-            out / name, root / "test", out / f"eval_{name}", postprocess_config=postprocess_config,
-            device=device, progress=inner,
-        )
-        timings[f"eval_{name}"] = time.perf_counter() - t
-        step += 1
-
-    comparison = _write_comparison(out, compare(summaries, runs))
+    summaries = {name: ctx.evaluate(name) for name in runs}
+    comparison = compare(summaries, runs)
+    for name, row in comparison.items():
+        row["round"] = round_of[name]
+    add_bootstrap(comparison, {name: out / f"eval_{name}" for name in runs})
+    comparison = _write_comparison(out, comparison)
     seconds = time.perf_counter() - t0
     record(finished=True, last_call_seconds=round(seconds, 1), last_call_phase_seconds={k: round(v, 1) for k, v in timings.items()})
     result = PipelineResult(out=out, runs=runs, pseudo_labels=pseudo, comparison=comparison, seconds=seconds)
     report(progress, n_steps, n_steps, "finished")
     return result
 
+
+@dataclass
+class _Steps:
+    """The pseudo-labelling and M2-training steps of :func:`run_pipeline` (shared by every round)."""
+
+    root: Path
+    out: Path
+    begin: Callable[[str], Any]
+    record: Callable[..., None]
+    timings: dict[str, float]
+    device: str
+    postprocess_config: Any
+    made_from: dict[str, str]
+
+    def pseudo_label(self, teacher: Path, pl_dir: Path, tag: str, teacher_name: str) -> Any:
+        """Pseudo-label ``train_M2/x`` with ``teacher`` into ``pl_dir`` (redone when the teacher changed)."""
+        from cartocell_bmz.phases.pseudo_label import model_fingerprint, pseudo_label
+
+        sha = model_fingerprint(teacher)
+        stale = _read_json(pl_dir / "status.json").get("model_sha256") not in (None, sha)
+        inner = self.begin(f"{tag}: pseudo-labelling {self.root / 'train_M2' / RAW_DIR} with {teacher_name} -> {pl_dir}"
+                           + (f" ({teacher_name} changed: redoing)" if stale else ""))
+        t = time.perf_counter()
+        summary = pseudo_label(teacher, self.root / "train_M2" / RAW_DIR, pl_dir, config=self.postprocess_config,
+                               device=self.device, fresh=stale, progress=inner)
+        self.timings[pl_dir.name] = time.perf_counter() - t
+        return summary
+
+    def train_m2(self, name: str, cfg: Any, pl_dir: Path, teacher_sha: str, tag: str, what: str) -> Any:
+        """Train ``OUT/<name>`` on ``pl_dir`` (retrained from scratch when the pseudo-labels' teacher changed)."""
+        from cartocell_bmz.train.loop import train
+
+        fresh = self.made_from.get(name) not in (None, teacher_sha)
+        self.made_from[name] = teacher_sha
+        self.record(m2_trained_on=self.made_from)
+        inner = self.begin(f"{tag}: training {name} ({cfg.arch}) on {what} -> {self.out / name}"
+                           + (" (pseudo-labels changed: retraining)" if fresh else ""))
+        t = time.perf_counter()
+        run = train(cfg, pl_dir, self.root / "validation", self.out / name, resume=not fresh, progress=inner)
+        self.timings[name] = time.perf_counter() - t
+        return run
+
+    def evaluate(self, name: str) -> dict:
+        """Predict, post-process and evaluate ``OUT/<name>`` on ``test`` (:func:`evaluate_run`)."""
+        test, dest = self.root / "test", self.out / f"eval_{name}"
+        inner = self.begin(f"phase 5/5: predicting and evaluating {name} on {test} -> {dest}")
+        t = time.perf_counter()
+        summary = evaluate_run(self.out / name, test, dest, postprocess_config=self.postprocess_config,
+                               device=self.device, progress=inner)
+        self.timings[f"eval_{name}"] = time.perf_counter() - t
+        return summary
 
 
 def _configs(preset: str, arch_m1: str, names: Mapping[str, str], *, seed: int, device: str,
@@ -387,6 +448,68 @@ def compare(summaries: Mapping[str, Mapping[str, Any]], runs: Mapping[str, Any] 
     return table
 
 
+def per_image_f1(eval_dir: str | os.PathLike, threshold: float = 0.5) -> dict[str, float]:
+    """F1 of each test image at one IoU threshold, from an evaluation's ``metrics_per_image.csv``.
+
+    Returns
+    -------
+    dict
+        Image file name -> F1; empty when the file is missing.
+    """
+    import csv
+
+    path = Path(eval_dir) / METRICS_CSV
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        return {row["image"]: float(row["f1"]) for row in csv.DictReader(fh)
+                if abs(float(row["threshold"]) - threshold) < 1e-9}
+
+
+def add_bootstrap(comparison: dict[str, dict[str, Any]], eval_dirs: Mapping[str, os.PathLike],
+                  *, reference: str = "M1", n_resamples: int | None = None) -> dict[str, dict[str, Any]]:
+    """Add to every model's row its F1@0.5 difference from ``reference`` with a bootstrap interval.
+
+    Per-cyst F1@0.5 of both models on the test images they share are paired, and
+    :func:`cartocell_bmz.core.bootstrap.paired_bootstrap` (seed :data:`BOOTSTRAP_SEED`)
+    gives the mean difference (model minus reference) and its 95 % percentile interval,
+    stored under :data:`VERSUS_M1`.  Rows without shared images are left alone.
+
+    Parameters
+    ----------
+    comparison : dict
+        Model name -> row (changed in place and returned).
+    eval_dirs : mapping
+        Model name -> its evaluation folder (``metrics_per_image.csv``).
+    reference : str
+        The model the others are compared with.
+    n_resamples : int, optional
+        Bootstrap resamples; default :data:`~cartocell_bmz.core.bootstrap.DEFAULT_RESAMPLES`.
+
+    Returns
+    -------
+    dict
+        ``comparison``.
+    """
+    from cartocell_bmz.core.bootstrap import DEFAULT_RESAMPLES, paired_bootstrap
+
+    if reference not in eval_dirs:
+        return comparison
+    ref = per_image_f1(eval_dirs[reference])
+    for name, row in comparison.items():
+        if name == reference or name not in eval_dirs:
+            continue
+        other = per_image_f1(eval_dirs[name])
+        shared = sorted(set(ref) & set(other))
+        if not shared:
+            continue
+        result = paired_bootstrap([ref[k] for k in shared], [other[k] for k in shared],
+                                  n_resamples=n_resamples or DEFAULT_RESAMPLES, seed=BOOTSTRAP_SEED)
+        row[VERSUS_M1] = {"reference": reference, "reference_f1": sum(ref[k] for k in shared) / len(shared),
+                          "f1": sum(other[k] for k in shared) / len(shared), **result.as_dict()}
+    return comparison
+
+
 def comparison_markdown(comparison: Mapping[str, Mapping[str, Any]]) -> str:
     """The comparison as a markdown table (one row per model).
 
@@ -403,7 +526,29 @@ def comparison_markdown(comparison: Mapping[str, Mapping[str, Any]]) -> str:
             v = row.get(key)
             cells.append("–" if v is None else f"{v:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + _bootstrap_markdown(comparison))
+
+
+def _bootstrap_markdown(comparison: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Lines of the paired-bootstrap table (none when no row has :data:`VERSUS_M1`)."""
+    rows = {name: row[VERSUS_M1] for name, row in comparison.items() if isinstance(row.get(VERSUS_M1), Mapping)}
+    if not rows:
+        return []
+    first = next(iter(rows.values()))
+    lines = [
+        "",
+        f"F1@0.5 against {first['reference']} on the same {first['n']} test cysts: mean per-cyst difference and "
+        f"paired bootstrap {first['confidence']:.0%} percentile interval over the cysts "
+        f"({first['n_resamples']} resamples, seed {first['seed']}).",
+        "",
+        f"| model | round | F1@0.5 | {first['reference']} F1@0.5 | difference | {first['confidence']:.0%} CI |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, b in rows.items():
+        r = comparison[name].get("round")
+        lines.append(f"| {name} | {'–' if r is None else r} | {b['f1']:.3f} | {b['reference_f1']:.3f} | "
+                     f"{b['difference']:+.3f} | [{b['low']:+.3f}, {b['high']:+.3f}] |")
+    return lines
 
 
 def _num(value: Any) -> float | None:

@@ -19,10 +19,15 @@ def command(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override the preset's largest number of epochs."),
     seed: int = typer.Option(0, "--seed", help="Seed of both trainings."),
     device: str = typer.Option("auto", "--device", help="'auto', 'cpu' or 'cuda[:N]'."),
+    rounds: int = typer.Option(
+        1, "--rounds", min=1,
+        help="Rounds of pseudo-labelling: 1 is CartoCell's; each further round r pseudo-labels train_M2/x with the "
+             "latest M2 (OUT/pseudo_labels_round<r>) and trains OUT/M2_round<r> on them (one --arch-m2 only).",
+    ),
 ) -> None:
     """Train M1, pseudo-label train_M2 with it, train M2 on the pseudo-labels, and compare M1 and M2 on test.
 
-    Writes OUT/M1, OUT/pseudo_labels/{x,y}, OUT/M2 (or OUT/M2_<arch>), OUT/eval_M1, OUT/eval_M2 and OUT/comparison.{json,md} (F1, PQ, MTS at IoU 0.5 and 0.75; IoU of B, C, M). Run the same command again to continue after an interruption.
+    Writes OUT/M1, OUT/pseudo_labels/{x,y}, OUT/M2 (or OUT/M2_<arch>), OUT/eval_M1, OUT/eval_M2 and OUT/comparison.{json,md} (F1, PQ, MTS at IoU 0.5 and 0.75; IoU of B, C, M; every M2's F1@0.5 difference from M1 with a paired bootstrap 95% interval over the test cysts). Run the same command again to continue after an interruption.
     """
     from cartocell_bmz.cli.progress import RichProgress
     from cartocell_bmz.phases.pipeline import run_pipeline
@@ -30,6 +35,7 @@ def command(
     with RichProgress(transient=True) as progress:
         result = run_pipeline(
             data_root, out, preset=preset, arch_m1=arch_m1, arch_m2=list(arch_m2) if arch_m2 else "resunet",
-            seed=seed, device=device, overrides={"epochs": epochs} if epochs else None, progress=progress,
+            seed=seed, device=device, overrides={"epochs": epochs} if epochs else None, rounds=rounds,
+            progress=progress,
         )
     typer.echo(str(result))
