@@ -27,6 +27,7 @@ Pure numpy/scipy; deterministic for a given generator state.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -51,12 +52,9 @@ class Acquisition:
         paper's phase-1 cysts were taken at high resolution and reduced to the
         low-resolution voxel size of the others.
     psf_sigma : tuple of 3 floats
-        Standard deviation ``(z, y, x)`` of the Gaussian PSF.  Source: for a confocal
-        microscope the lateral FWHM is about ``0.4 lambda / NA`` and the axial one about
-        ``1.4 lambda n / NA**2`` (Pawley, Handbook of Biological Confocal Microscopy),
-        three to five times longer in z; FWHM = 2.355 sigma.  A high NA oil objective
-        (1.4) at 520 nm gives about 0.1 um laterally and 0.3 um axially; a dry 0.8 NA
-        objective with an open pinhole about 0.25 um and 1.2 um.
+        Standard deviation ``(z, y, x)`` of the Gaussian PSF, from the objective by
+        :func:`confocal_psf_sigma` (FWHM formulas of Cole et al., Nat. Protoc. 2011,
+        converted with FWHM = 2.355 sigma).
     peak_photons : tuple of 2 floats
         Range (uniform) of the photon count of the brightest membrane voxel.  Reason:
         line averaging and slow scanning collect several hundred photons; a fast scan
@@ -109,16 +107,72 @@ class Acquisition:
         return asdict(self)
 
 
-#: ``train_M1`` and ``validation``: fine z-step (3x), small PSF, bright, little haze.
+#: FWHM coefficients ``(lateral, axial)`` of Cole, Jinadasa & Brown, "Measuring and
+#: interpreting point spread functions", Nat. Protoc. 6, 1929 (2011): lateral
+#: ``c_l * wavelength / NA``, axial ``c_a * wavelength / (n - sqrt(n**2 - NA**2))``.
+#: ``"closed"``: a confocal pinhole well below one Airy unit; ``"open"``: a pinhole
+#: opened for speed and signal, which tends to the widefield values.
+PSF_COEFFICIENTS: dict[str, tuple[float, float]] = {"closed": (0.37, 0.64), "open": (0.51, 0.88)}
+#: FWHM of a Gaussian in units of its standard deviation, ``2 sqrt(2 ln 2)``.
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+
+def confocal_psf_sigma(
+    wavelength: float, na: float, immersion_index: float, pinhole: str = "closed",
+    sample_index: float | None = None,
+) -> tuple[float, float, float]:
+    """Gaussian sigma ``(z, y, x)`` in um of a confocal point-spread function.
+
+    Parameters
+    ----------
+    wavelength : float
+        Emission wavelength in um.
+    na : float
+        Numerical aperture of the objective (below ``immersion_index``).
+    immersion_index : float
+        Refractive index of the immersion medium (1.0 air, 1.518 oil).
+    pinhole : {"closed", "open"}
+        See :data:`PSF_COEFFICIENTS`.
+    sample_index : float, optional
+        Refractive index of the sample when it differs from the immersion's: the axial
+        extent is stretched by ``sample_index / immersion_index`` (the paraxial focal
+        shift of an index mismatch, e.g. a dry objective focusing into a water-like gel).
+
+    Returns
+    -------
+    tuple of 3 floats
+
+    Examples
+    --------
+    >>> [round(s, 3) for s in confocal_psf_sigma(0.52, 1.4, 1.518)]
+    [0.152, 0.058, 0.058]
+    """
+    if pinhole not in PSF_COEFFICIENTS:
+        raise ValueError(f"pinhole must be one of {sorted(PSF_COEFFICIENTS)}, got {pinhole!r}")
+    if not 0 < na < immersion_index:
+        raise ValueError(f"na must be in (0, immersion_index={immersion_index}), got {na}")
+    c_lateral, c_axial = PSF_COEFFICIENTS[pinhole]
+    lateral = c_lateral * wavelength / na
+    axial = c_axial * wavelength / (immersion_index - math.sqrt(immersion_index ** 2 - na ** 2))
+    if sample_index is not None:
+        axial *= sample_index / immersion_index
+    z, xy = axial / FWHM_PER_SIGMA, lateral / FWHM_PER_SIGMA
+    return (z, xy, xy)
+
+
+#: ``train_M1`` and ``validation``: fine z-step (3x), small PSF (oil objective NA 1.4,
+#: closed pinhole, 520 nm), bright, little haze.
 HIGH_RESOLUTION = Acquisition(
-    name="high_resolution", oversampling=(3, 2, 2), psf_sigma=(0.3, 0.1, 0.1),
+    name="high_resolution", oversampling=(3, 2, 2), psf_sigma=confocal_psf_sigma(0.52, 1.4, 1.518, "closed"),
     peak_photons=(600.0, 900.0), background_photons=(4.0, 8.0), read_noise=2.0, gain=4.0,
     attenuation_length=300.0, haze=0.02, haze_sigma=4.0, staining_spread=0.1,
 )
-#: ``train_M2`` and ``test``: direct at the coarse voxel size, PSF long in z, dim, hazy,
-#: attenuated with depth, unevenly stained.
+#: ``train_M2`` and ``test``: direct at the coarse voxel size, PSF long in z (dry objective
+#: NA 0.8 into a water-like gel, open pinhole, 520 nm), dim, hazy, attenuated with depth,
+#: unevenly stained.
 LOW_RESOLUTION = Acquisition(
-    name="low_resolution", oversampling=(1, 1, 1), psf_sigma=(1.2, 0.25, 0.25),
+    name="low_resolution", oversampling=(1, 1, 1),
+    psf_sigma=confocal_psf_sigma(0.52, 0.8, 1.0, "open", sample_index=1.33),
     peak_photons=(40.0, 120.0), background_photons=(8.0, 20.0), read_noise=3.0, gain=16.0,
     attenuation_length=60.0, haze=0.25, haze_sigma=4.0, staining_spread=0.35,
 )

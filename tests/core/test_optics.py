@@ -90,3 +90,21 @@ def test_to_detector_averages_blocks_and_rejects_bad_parameters():
         Acquisition(name="bad", peak_photons=(10.0, 1.0))
     with pytest.raises(ValueError, match="attenuation_length"):
         Acquisition(name="bad", attenuation_length=0.0)
+
+
+def test_confocal_psf_sigma_follows_cole_2011():
+    from cartocell_bmz.core.optics import FWHM_PER_SIGMA, confocal_psf_sigma
+
+    # dry NA 0.8, open pinhole, 520 nm: lateral FWHM 0.51*0.52/0.8 = 0.3315 um,
+    # axial 0.88*0.52/(1 - sqrt(1 - 0.64)) = 1.144 um, stretched 1.33x by a water-like sample
+    z, y, x = confocal_psf_sigma(0.52, 0.8, 1.0, "open", sample_index=1.33)
+    assert y == x == pytest.approx(0.3315 / FWHM_PER_SIGMA, rel=1e-3)
+    assert z == pytest.approx(1.144 * 1.33 / FWHM_PER_SIGMA, rel=1e-3)
+    assert FWHM_PER_SIGMA == pytest.approx(2.3548, rel=1e-4)
+    assert LOW_RESOLUTION.psf_sigma == (z, y, x)
+    closed = confocal_psf_sigma(0.52, 0.8, 1.0, "closed")
+    assert closed[0] < z and closed[1] < y  # a closed pinhole sharpens both axes
+    with pytest.raises(ValueError, match="pinhole"):
+        confocal_psf_sigma(0.52, 0.8, 1.0, "half")
+    with pytest.raises(ValueError, match="na must be"):
+        confocal_psf_sigma(0.52, 1.2, 1.0)

@@ -81,7 +81,7 @@ def test_cartocell_kind_images_the_splits_with_their_acquisitions(tmp_path):
     assert saved["optics"] == "cartocell"
     assert saved["acquisitions"] == {"train_M1": "high_resolution", "validation": "high_resolution",
                                      "train_M2": "low_resolution", "test": "low_resolution"}
-    assert saved["acquisition_parameters"]["low_resolution"]["psf_sigma"][0] > 1.0
+    assert saved["acquisition_parameters"]["low_resolution"]["psf_sigma"][0] > 0.5
     assert (tmp_path / "a" / "previews" / OPTICS_PREVIEW).is_file()
     assert set(simple) == set(first)
     with pytest.raises(ValueError, match="unknown optics"):
