@@ -126,21 +126,89 @@ def find_cysts(
     if cells is not None and np.shape(cells) != mask.shape:
         raise ValueError(f"cells {np.shape(cells)} and mask {mask.shape} differ in shape")
     spacing = check_spacing(spacing)
-    voxel = float(np.prod(spacing))
-    regions, n = ndi.label(mask)
-    near = _near_others(regions, n, spacing, touch_gap)
+    regions, _ = ndi.label(mask)
+    grow = region_pad(spacing, touch_gap)
     out: list[Candidate] = []
     for index, sl in enumerate(ndi.find_objects(regions), start=1):
         if sl is None:
             continue
-        pad = tuple(slice(max(0, s.start - 1), min(m, s.stop + 1)) for s, m in zip(sl, mask.shape))
-        region = regions[pad] == index
-        local_cells = None if cells is None else np.where(region, cells[pad], 0)
-        origin = tuple(s.start for s in pad)
-        for part in _classify(region, local_cells, origin, mask.shape, voxel, min_volume, min_lumen,
-                              index in near, fused_contact, single_layer):
-            out.append(part)
+        pad = tuple(slice(max(0, s.start - g), min(m, s.stop + g)) for s, g, m in zip(sl, grow, mask.shape))
+        inside = regions[pad]
+        region = inside == index
+        out.extend(classify_region(
+            region, origin=tuple(s.start for s in pad), shape=mask.shape, spacing=spacing,
+            cells=None if cells is None else np.where(region, cells[pad], 0),
+            others=(inside > 0) & ~region if touch_gap > 0 else None,
+            min_volume=min_volume, min_lumen=min_lumen, touch_gap=touch_gap, fused_contact=fused_contact,
+            single_layer=single_layer,
+        ))
     return sorted(out, key=lambda c: c.box)
+
+
+def region_pad(spacing: Sequence[float], touch_gap: float = TOUCH_GAP_UM) -> tuple[int, int, int]:
+    """Voxels to read around a region's box for :func:`classify_region`: one, or ``touch_gap`` µm.
+
+    Examples
+    --------
+    >>> region_pad((1.0, 0.5, 0.5), 2.0)
+    (2, 4, 4)
+    """
+    return tuple(max(1, int(np.ceil(touch_gap / s))) for s in spacing)  # type: ignore[return-value]
+
+
+def classify_region(
+    region: np.ndarray,
+    *,
+    origin: Sequence[int],
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    cells: np.ndarray | None = None,
+    others: np.ndarray | None = None,
+    min_volume: float = MIN_VOLUME_UM3,
+    min_lumen: float = MIN_LUMEN_UM3,
+    touch_gap: float = TOUCH_GAP_UM,
+    fused_contact: float = FUSED_CONTACT,
+    single_layer: float = SINGLE_LAYER_FRACTION,
+) -> list[Candidate]:
+    """The candidate(s) of one connected cellular region, seen in a box of the stack.
+
+    Parameters
+    ----------
+    region : numpy.ndarray
+        Bool box holding the whole region, with :func:`region_pad` voxels around
+        it where the stack allows.
+    origin : sequence of 3 ints
+        Position of the box in the stack.
+    shape : sequence of 3 ints
+        Shape of the whole stack (a region reaching a face is cut by the border).
+    spacing : sequence of 3 floats
+        Voxel size ``(z, y, x)`` in µm.
+    cells : numpy.ndarray, optional
+        Cell labels in the box (0 outside the region); without them no layer test.
+    others : numpy.ndarray, optional
+        Bool: other regions' voxels in the box (for ``touch_gap``).
+    min_volume, min_lumen, touch_gap, fused_contact, single_layer :
+        See :func:`find_cysts`.
+
+    Returns
+    -------
+    list of Candidate
+        One, or one per lumen for a region of several lumens that only touch.
+    """
+    spacing = check_spacing(spacing)
+    near = bool(touch_gap > 0 and others is not None and _near(region, others, spacing, touch_gap))
+    return _classify(np.asarray(region, bool), cells, tuple(int(o) for o in origin), tuple(int(s) for s in shape),
+                     float(np.prod(spacing)), min_volume, min_lumen, near, fused_contact, single_layer)
+
+
+def _near(region: np.ndarray, others: np.ndarray, spacing, gap: float) -> bool:
+    """Whether another region lies within ``gap`` µm of ``region``."""
+    from scipy import ndimage as ndi
+
+    if not others.any():
+        return False
+    dist = ndi.distance_transform_edt(~region, sampling=spacing)
+    return bool((others & (dist <= gap)).any())
 
 
 def _classify(region, cells, origin, shape, voxel, min_volume, min_lumen, near, fused_contact, single_layer):
@@ -223,26 +291,6 @@ def _layer_fraction(region: np.ndarray, lumen: np.ndarray, cells: np.ndarray) ->
     return float(sizes[both].sum() / max(sizes[1:].sum(), 1))
 
 
-def _near_others(regions: np.ndarray, n: int, spacing, gap: float) -> set[int]:
-    """Regions closer than ``gap`` µm to another region."""
-    from scipy import ndimage as ndi
-
-    if gap <= 0 or n < 2:
-        return set()
-    dist, idx = ndi.distance_transform_edt(regions == 0, sampling=spacing, return_indices=True)
-    nearest = regions[tuple(idx)]
-    near: set[int] = set()
-    # a background voxel within gap/2 of two regions' zones of influence joins them
-    zone = dist <= gap / 2
-    for axis in range(3):
-        a = np.moveaxis(nearest, axis, 0)
-        z = np.moveaxis(zone, axis, 0)
-        meet = z[:-1] & z[1:] & (a[:-1] != a[1:]) & (a[:-1] > 0) & (a[1:] > 0)
-        near.update(np.unique(a[:-1][meet]).tolist())
-        near.update(np.unique(a[1:][meet]).tolist())
-    return near
-
-
 def crop_box(box: Sequence[int], margin: Sequence[int], shape: Sequence[int]) -> tuple[slice, slice, slice]:
     """Slices of ``box`` grown by ``margin`` voxels per axis, clipped to ``shape``.
 
@@ -266,4 +314,4 @@ def _offset(box: Box, origin) -> Box:
     return (*(b + o for b, o in zip(box[:3], origin)), *(b + o for b, o in zip(box[3:], origin)))  # type: ignore[return-value]
 
 
-__all__ = ["KEPT", "REASONS", "Candidate", "find_cysts", "crop_box"]
+__all__ = ["KEPT", "REASONS", "Candidate", "find_cysts", "classify_region", "region_pad", "crop_box"]

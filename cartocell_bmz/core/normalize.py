@@ -15,6 +15,8 @@ themselves divided by the voxel count (no Bessel correction), and the result
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 #: bioimageio's default epsilon of ``zero_mean_unit_variance`` (added to the standard deviation).
@@ -61,4 +63,68 @@ def zero_mean_unit_variance(image: np.ndarray, eps: float = NORM_EPS) -> np.ndar
     return np.asarray(out, dtype=np.float32)
 
 
-__all__ = ["NORM_EPS", "zero_mean_unit_variance"]
+def chunked_mean_std(image: Any, *, planes: int = 16) -> tuple[np.float32, np.float32]:
+    """Mean and standard deviation of a large image read ``planes`` z-planes at a time (two passes).
+
+    The sums are float64 (first pass the mean, second the squared deviations
+    from it, over the voxel count, no Bessel correction), so the result is the
+    exact mean and standard deviation rounded to float32; the float32 figures of
+    :func:`zero_mean_unit_variance` agree with them to float32 rounding.
+
+    Parameters
+    ----------
+    image : array-like
+        ``(Z, ...)`` anything sliced along its first axis to numpy arrays (an
+        array, a memory map, :class:`cartocell_bmz.io.stacks.LazyStack`).
+    planes : int
+        Planes per chunk (memory: ``planes`` planes as float64).
+
+    Returns
+    -------
+    (numpy.float32, numpy.float32)
+        Mean and standard deviation.
+
+    Examples
+    --------
+    >>> x = np.arange(24, dtype=np.uint16).reshape(4, 2, 3)
+    >>> m, s = chunked_mean_std(x, planes=3)
+    >>> float(m), round(float(s), 4), bool(s == np.float32(x.std()))
+    (11.5, 6.9222, True)
+    """
+    n_planes = int(image.shape[0])
+    step = max(1, int(planes))
+    count = int(np.prod(image.shape, dtype=np.int64))
+    if count == 0:
+        return np.float32(0.0), np.float32(0.0)
+    total = 0.0
+    for z in range(0, n_planes, step):
+        total += float(np.asarray(image[z:z + step], dtype=np.float64).sum())
+    mean = total / count
+    squares = 0.0
+    for z in range(0, n_planes, step):
+        centred = np.asarray(image[z:z + step], dtype=np.float64) - mean
+        flat = centred.reshape(-1)
+        squares += float(np.dot(flat, flat))
+    return np.float32(mean), np.float32(np.sqrt(squares / count))
+
+
+def apply_zero_mean_unit_variance(block: np.ndarray, mean: float, std: float, eps: float = NORM_EPS) -> np.ndarray:
+    """``(block - mean) / (std + eps)`` in float32, with statistics of the whole image (:func:`chunked_mean_std`).
+
+    The same arithmetic as :func:`zero_mean_unit_variance` (float32 operands), so
+    a block normalised with the whole image's float32 statistics is that part of
+    the whole normalised image.
+
+    Examples
+    --------
+    >>> x = np.arange(10, dtype=np.uint16).reshape(1, 2, 5)
+    >>> m, s = chunked_mean_std(x)
+    >>> bool(np.array_equal(apply_zero_mean_unit_variance(x[:, :1], m, s), zero_mean_unit_variance(x)[:, :1]))
+    True
+    """
+    x = np.asarray(block, dtype=np.float32)
+    out = (x - np.float32(mean)) / (np.float32(std) + np.float32(eps))
+    return np.asarray(out, dtype=np.float32)
+
+
+__all__ = ["NORM_EPS", "zero_mean_unit_variance", "chunked_mean_std", "apply_zero_mean_unit_variance"]
