@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "benchmark": "benchmark",
     "models": "models",
     "measure": "measure",
+    "crop": "crop",
 }
 
 app = typer.Typer(

@@ -38,6 +38,8 @@ DEFAULT_MIX: dict[str, int] = {"single": 4, "touching": 1, "two_lumens": 1, "two
 DEFAULT_STACK_SHAPE: tuple[int, int, int] = (28, 160, 208)
 DEFAULT_CYST_SHAPE: tuple[int, int, int] = (20, 48, 48)
 DEFAULT_STACK_SPACING: tuple[float, float, float] = (1.0, 0.5, 0.5)
+#: Voxels between a whole cyst and the stack faces (a prediction blurs a voxel or two past the cells).
+FACE_GAP = 3
 
 Box = tuple[int, int, int, int, int, int]
 
@@ -277,7 +279,7 @@ def _place(mask: np.ndarray, taken: np.ndarray, cut: bool, rng, tries: int = 400
     lo, hi = np.array(box[:3]), np.array(box[3:])
     shape = np.array(taken.shape)
     gap = ndi.binary_dilation(mask, iterations=3)
-    low, high = -lo + 1, shape - hi  # cells at least one voxel from every face
+    low, high = -lo + FACE_GAP, shape - hi - FACE_GAP + 1  # cells FACE_GAP voxels from every face
     for _ in range(tries):
         axis = 1 + int(rng.integers(2)) if cut else -1
         if any(high[d] <= low[d] for d in range(3) if d != axis):

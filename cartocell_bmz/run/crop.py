@@ -1,0 +1,379 @@
+"""Whole acquisitions to single cysts: predict a stack block by block, find its cysts, crop the good ones.
+
+For each stack ``NAME.tif`` :func:`crop_stacks` writes::
+
+    OUT/x/NAME_cyst_NNN.tif   each kept cyst, raw, cropped with a margin, with its voxel size
+    OUT/candidates.csv        every candidate: stack, box, volume, lumens, kept or the reason it is not
+
+and works in memory bounded by blocks and cysts, not by the stack:
+
+1. the stack is read lazily (:func:`cartocell_bmz.io.stacks.open_stack`);
+2. the model's zero-mean, unit-variance normalisation takes the whole stack's
+   mean and standard deviation, computed in two passes over z-slabs in float64
+   (:func:`~cartocell_bmz.core.normalize.chunked_mean_std`);
+3. the stack is predicted in blocks (``CropSettings.block``), each read with a
+   context of the model's measured tile-edge margin on every side and tiled by
+   the shared :class:`~cartocell_bmz.run.predictor.Predictor`; the context is
+   dropped, so a block's probabilities are the whole stack's within the
+   predictor's edge tolerance;
+4. each block's M and B masks go to a uint8 scratch file (bit 0: M above the
+   threshold, bit 1: B above it), removed afterwards;
+5. the connected M regions are labelled slab by slab
+   (:func:`~cartocell_bmz.core.components.component_boxes`); each region is read
+   back alone (its box) and classified (:func:`~cartocell_bmz.core.cysts.classify_region`,
+   the cells for the layer test are the connected B bodies, grown to fill
+   the region).
+
+:func:`candidates_from_probabilities` runs steps 4-5 on probabilities in memory
+(tests, notebooks); both give what :func:`~cartocell_bmz.core.cysts.find_cysts`
+gives on the whole masks.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cartocell_bmz.core.components import component_boxes
+from cartocell_bmz.core.cysts import (
+    MIN_LUMEN_UM3, MIN_VOLUME_UM3, TOUCH_GAP_UM, Candidate, classify_region, crop_box, region_pad,
+)
+from cartocell_bmz.errors import CartoCellWarning
+from cartocell_bmz.io.progress import ProgressCallback, nested, report
+from cartocell_bmz.layout import CHANNELS, RAW_DIR
+
+#: Table of every candidate of a ``crop`` run.
+CANDIDATES_CSV = "candidates.csv"
+CANDIDATE_COLUMNS: tuple[str, ...] = (
+    "stack", "candidate", "z0", "y0", "x0", "z1", "y1", "x1", "volume_um3", "lumens", "layer_fraction",
+    "kept", "reason", "crop",
+)
+#: Bits of the scratch mask: M above the threshold, B above it.
+M_BIT, B_BIT = 1, 2
+#: Voxels of one slab when labelling the mask (an int32 label slab of 64 MiB).
+SLAB_VOXELS = 1 << 24
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """How cysts are found and cropped.
+
+    Attributes
+    ----------
+    threshold : float
+        M (and B) probability above which a voxel is cellular (a cell body).
+    margin_um : float
+        Margin added around each kept cyst, in µm.
+    min_volume, min_lumen, touch_gap :
+        See :func:`~cartocell_bmz.core.cysts.find_cysts`.
+    block : tuple of 3 ints
+        Voxels ``(z, y, x)`` of a prediction block (without its context); memory
+        grows with it (about 20 bytes per voxel of block and context).
+    """
+
+    threshold: float = 0.5
+    margin_um: float = 3.0
+    min_volume: float = MIN_VOLUME_UM3
+    min_lumen: float = MIN_LUMEN_UM3
+    touch_gap: float = TOUCH_GAP_UM
+    block: tuple[int, int, int] = (64, 256, 256)
+
+
+def crop_stacks(
+    model: Any,
+    stacks: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    settings: CropSettings | None = None,
+    spacing: Sequence[float] | None = None,
+    weights: str | None = None,
+    tile: Sequence[int] | None = None,
+    batch_size: int = 1,
+    device: str = "auto",
+    trust: bool = False,
+    progress: ProgressCallback | None = None,
+) -> list[dict]:
+    """Find the cysts of whole stacks and crop the kept ones into ``OUT/x/``.
+
+    Parameters
+    ----------
+    model : str, path-like or Predictor
+        A model (see :class:`~cartocell_bmz.run.predictor.Predictor`) or a loaded predictor.
+    stacks : sequence of path-like
+        TIFF stacks ``(Z, Y, X)``; every one is checked before anything is written.
+    out : path-like
+        Output folder.
+    settings : CropSettings, optional
+        Thresholds, margin, block size.
+    spacing : sequence of 3 floats, optional
+        Voxel size of every stack (default: each file's; required when a file has none).
+    weights, tile, batch_size, device, trust :
+        See :class:`~cartocell_bmz.run.predictor.Predictor`.
+    progress : callable, optional
+        ``progress(stacks_done, stacks_total, message)``, blocks as sub-steps.
+
+    Returns
+    -------
+    list of dict
+        The rows of ``OUT/candidates.csv``.
+
+    Raises
+    ------
+    InputError
+        A stack is missing, not 3D, not numbers, or has no voxel size (and none given).
+    """
+    from cartocell_bmz.io.stacks import open_stack
+    from cartocell_bmz.io.volumes import atomic_open, ensure_output_dir
+    from cartocell_bmz.run.predictor import Predictor
+
+    settings = settings or CropSettings()
+    paths = [Path(p) for p in stacks]
+    opened = []
+    try:
+        for p in paths:
+            opened.append(open_stack(p, spacing))
+        own = not isinstance(model, Predictor)
+        predictor = Predictor(model, weights=weights, tile=tile, batch_size=batch_size, device=device,
+                              trust=trust) if own else model
+        out = ensure_output_dir(out)
+        rows: list[dict] = []
+        try:
+            if own:
+                predictor.__enter__()
+            report(progress, 0, len(paths), "stacks")
+            for i, stack in enumerate(opened):
+                found = stack_candidates(predictor, stack, out, settings, nested(progress, i, len(paths),
+                                                                                 stack.path.name))
+                rows.extend(_write_crops(stack, found, out, settings))
+                report(progress, i + 1, len(paths), stack.path.name)
+        finally:
+            if own:
+                predictor.close()
+    finally:
+        for s in opened:
+            s.close()
+    with atomic_open(out / CANDIDATES_CSV, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CANDIDATE_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def stack_candidates(predictor: Any, stack: Any, scratch_dir: str | os.PathLike, settings: CropSettings,
+                     progress: ProgressCallback | None = None) -> list[Candidate]:
+    """Cyst candidates of one lazily read stack (steps 2-5 of the module notes).
+
+    Parameters
+    ----------
+    predictor : Predictor
+        A loaded model.
+    stack : LazyStack
+        From :func:`~cartocell_bmz.io.stacks.open_stack` (``shape``, ``spacing``, box reads).
+    scratch_dir : path-like
+        Where the scratch mask goes while the stack is worked on.
+    settings : CropSettings
+    progress : callable, optional
+        ``progress(blocks_done, blocks_total, "blocks")``.
+
+    Returns
+    -------
+    list of Candidate
+    """
+    from cartocell_bmz.io.stacks import ScratchVolume
+
+    with ScratchVolume(scratch_dir, stack.shape) as code:
+        predict_mask(predictor, stack, code, settings, progress)
+        return candidates_from_code(code, stack.spacing, settings)
+
+
+def predict_mask(predictor: Any, stack: Any, code: Any, settings: CropSettings,
+                 progress: ProgressCallback | None = None) -> None:
+    """Fill ``code`` (``(Z, Y, X)`` uint8, box writes) with the M and B bits of ``stack``, block by block."""
+    from cartocell_bmz.core.normalize import apply_zero_mean_unit_variance, chunked_mean_std
+
+    shape = tuple(stack.shape)
+    eps = normalization_eps(predictor)
+    whole = None
+    if eps is None:
+        warnings.warn(f"model {predictor.name}: its preprocessing is not a plain zero-mean, unit-variance "
+                      "normalisation, so the stack is normalised whole in memory.", CartoCellWarning, stacklevel=3)
+        whole = predictor.normalize(stack[:])
+    else:
+        planes = max(1, SLAB_VOXELS // max(1, shape[1] * shape[2]))
+        mean, std = chunked_mean_std(stack, planes=planes)
+        if std == 0:  # no contrast: normalises to zeros, holds no cells (as Predictor.predict)
+            report(progress, 1, 1, "blocks")
+            return
+    block = tuple(max(1, min(int(b), s)) for b, s in zip(settings.block, shape))
+    context = block_context(predictor, block, shape)
+    starts = [range(0, s, b) for s, b in zip(shape, block)]
+    total = math.prod(len(r) for r in starts)
+    done = 0
+    report(progress, 0, total, "blocks")
+    m, b = CHANNELS.index("M"), CHANNELS.index("B")
+    for z in starts[0]:
+        for y in starts[1]:
+            for x in starts[2]:
+                core = tuple(slice(o, min(o + n, s)) for o, n, s in zip((z, y, x), block, shape))
+                read = tuple(slice(max(0, c.start - w), min(s, c.stop + w)) for c, w, s in zip(core, context, shape))
+                if whole is not None:
+                    norm = whole[read]
+                else:
+                    norm = apply_zero_mean_unit_variance(stack[read], mean, std, eps)
+                probs = predictor.predict_normalized(norm)
+                inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, read))
+                bits = (probs[(m, *inner)] > settings.threshold).astype(np.uint8) * M_BIT
+                bits |= (probs[(b, *inner)] > settings.threshold).astype(np.uint8) * B_BIT
+                code[core] = bits
+                done += 1
+                report(progress, done, total, "blocks")
+
+
+def normalization_eps(predictor: Any) -> float | None:
+    """The epsilon of the model's zero-mean, unit-variance normalisation; ``None`` when it normalises otherwise.
+
+    A training run's network is normalised with
+    :func:`~cartocell_bmz.core.normalize.zero_mean_unit_variance`; a package
+    qualifies when its preprocessing is ``ensure_dtype`` steps and one
+    ``zero_mean_unit_variance`` over every axis of the sample.
+    """
+    from cartocell_bmz.core.normalize import NORM_EPS
+
+    description = getattr(getattr(predictor, "model", None), "description", None)
+    if description is None:
+        return NORM_EPS
+    inp = description.inputs[0]
+    steps = [p for p in inp.preprocessing if str(p.id) != "ensure_dtype"]
+    if len(steps) != 1 or str(steps[0].id) != "zero_mean_unit_variance":
+        return None
+    kwargs = steps[0].kwargs
+    axes = getattr(kwargs, "axes", None)
+    non_batch = {str(a.id) for a in inp.axes if str(a.id) != "batch"}
+    if axes is not None and {str(a) for a in axes} != non_batch:
+        return None
+    return float(getattr(kwargs, "eps", NORM_EPS))
+
+
+def block_context(predictor: Any, block: Sequence[int], shape: Sequence[int]) -> tuple[int, int, int]:
+    """Voxels read around a block: the model's tile-edge margin (measured once), or the halo when untiled."""
+    guess = tuple(min(int(b) + 64, int(s)) for b, s in zip(block, shape))
+    g = predictor.geometry(guess)
+    margins = predictor.edge_margins(g)
+    return tuple(int(max(mg, bd)) for mg, bd in zip(margins.margin, g.border))  # type: ignore[return-value]
+
+
+def candidates_from_probabilities(
+    probs: np.ndarray, spacing: Sequence[float], settings: CropSettings | None = None,
+) -> list[Candidate]:
+    """Cyst candidates of ``(3, Z, Y, X)`` probabilities (B, C, M): the M mask, cells from the B bodies.
+
+    Parameters
+    ----------
+    probs : numpy.ndarray
+        Probabilities in channel order B, C, M.
+    spacing : sequence of 3 floats
+        Voxel size ``(z, y, x)`` in µm.
+    settings : CropSettings, optional
+        Threshold and the finder's limits.
+
+    Returns
+    -------
+    list of Candidate
+    """
+    settings = settings or CropSettings()
+    code = (probs[CHANNELS.index("M")] > settings.threshold).astype(np.uint8) * M_BIT
+    code |= (probs[CHANNELS.index("B")] > settings.threshold).astype(np.uint8) * B_BIT
+    return candidates_from_code(code, spacing, settings)
+
+
+def candidates_from_code(code: Any, spacing: Sequence[float], settings: CropSettings | None = None) -> list[Candidate]:
+    """Cyst candidates of a ``(Z, Y, X)`` uint8 mask of M and B bits, read by slabs and boxes.
+
+    Parameters
+    ----------
+    code : array-like
+        ``code[z0:z1, y0:y1, x0:x1]`` gives uint8 arrays (a numpy array or a
+        :class:`~cartocell_bmz.io.stacks.ScratchVolume`); bit :data:`M_BIT` the
+        cellular mask, bit :data:`B_BIT` the cell bodies.
+    spacing : sequence of 3 floats
+        Voxel size in µm.
+    settings : CropSettings, optional
+
+    Returns
+    -------
+    list of Candidate
+        Sorted by box; equal to :func:`~cartocell_bmz.core.cysts.find_cysts` of the
+        whole M mask with the connected B bodies, grown to fill it, as cells.
+    """
+    from scipy import ndimage as ndi
+
+    from cartocell_bmz.core.spacing import check_spacing
+
+    settings = settings or CropSettings()
+    spacing = check_spacing(spacing)
+    shape = tuple(int(s) for s in code.shape)
+    voxel = float(np.prod(spacing))
+    planes = max(1, SLAB_VOXELS // max(1, shape[1] * shape[2]))
+    found = component_boxes(lambda a, b: np.asarray(code[a:b]) & M_BIT, shape, planes=planes)
+    grow = region_pad(spacing, settings.touch_gap)
+    out: list[Candidate] = []
+    for comp in found:
+        box, volume = comp.box, comp.voxels * voxel
+        if any(v == 0 for v in box[:3]) or any(v == s for v, s in zip(box[3:], shape)):
+            out.append(Candidate(box, round(volume, 3), 0, float("nan"), "cut by the stack border"))
+            continue
+        if volume < settings.min_volume:
+            out.append(Candidate(box, round(volume, 3), 0, float("nan"), "too small"))
+            continue
+        pad = tuple(slice(max(0, lo - g), min(s, hi + g)) for lo, hi, g, s in zip(box[:3], box[3:], grow, shape))
+        bits = np.asarray(code[pad])
+        inside, _ = ndi.label(bits & M_BIT)
+        region = inside == inside[tuple(p - s.start for p, s in zip(comp.seed, pad))]
+        cells = _cells(region, bits & B_BIT > 0)
+        out.extend(classify_region(
+            region, origin=tuple(s.start for s in pad), shape=shape, spacing=spacing, cells=cells,
+            others=(inside > 0) & ~region if settings.touch_gap > 0 else None,
+            min_volume=settings.min_volume, min_lumen=settings.min_lumen, touch_gap=settings.touch_gap,
+        ))
+    return sorted(out, key=lambda c: c.box)
+
+
+def _cells(region: np.ndarray, bodies: np.ndarray) -> np.ndarray:
+    """Cells of a region: its connected B bodies, grown to fill it (each voxel to its nearest body)."""
+    from scipy import ndimage as ndi
+
+    seeds, n = ndi.label(region & bodies)
+    if n == 0:
+        return seeds
+    _, idx = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    return np.where(region, seeds[tuple(idx)], 0)
+
+
+def _write_crops(stack: Any, found: list[Candidate], out: Path, settings: CropSettings) -> list[dict]:
+    """Crop the kept candidates of one stack into ``OUT/x/``; one table row per candidate."""
+    from cartocell_bmz.io.volumes import write_volume
+
+    margin = tuple(int(math.ceil(settings.margin_um / s)) for s in stack.spacing)
+    rows = []
+    for n, c in enumerate(found, start=1):
+        crop = ""
+        if c.kept:
+            name = f"{stack.path.stem}_cyst_{n:03d}.tif"
+            write_volume(out / RAW_DIR / name, stack[crop_box(c.box, margin, stack.shape)], stack.spacing)
+            crop = f"{RAW_DIR}/{name}"
+        rows.append({"stack": stack.path.name, "candidate": n, **dict(zip(CANDIDATE_COLUMNS[2:8], c.box)),
+                     "volume_um3": c.volume_um3, "lumens": c.lumens,
+                     "layer_fraction": "" if math.isnan(c.layer_fraction) else round(c.layer_fraction, 3),
+                     "kept": c.kept, "reason": c.reason, "crop": crop})
+    return rows
+
+
+__all__ = ["CANDIDATES_CSV", "CANDIDATE_COLUMNS", "CropSettings", "crop_stacks", "stack_candidates", "predict_mask",
+           "normalization_eps", "block_context", "candidates_from_probabilities", "candidates_from_code"]
