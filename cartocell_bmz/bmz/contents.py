@@ -21,11 +21,20 @@ CHANNEL_NAMES: tuple[str, ...] = tuple(f"{c}_{_CHANNEL_SHORT[c]}" for c in CHANN
 INPUT_ID = "raw"
 OUTPUT_ID = "probabilities"
 
-#: Tags every package carries; other CartoCell tools recognise packages by them.
+#: Tags every package carries; other CartoCell tools recognise packages by them.  BiaPy
+#: (``check_bmz_model_compatibility``) reads F + C + M channels, which are our B, C, M, only
+#: from ``biapy`` with ``cyst``, ``3d`` and ``fluorescence``, and picks its instance workflow
+#: from ``instance-segmentation``: the tags BiaPy's own CartoCell packages carry.
 BASE_TAGS: tuple[str, ...] = (
-    "instance-segmentation", "cyst", "3d", "fluorescence", "pytorch", "cartocell",
+    "instance-segmentation", "cyst", "3d", "fluorescence", "biapy", "pytorch", "cartocell",
     "cartocell-bmz", "epithelium", "cell-segmentation", "synthetic-training-data",
 )
+
+#: The rdf.yaml ``format_version`` packages are written in: the newest that bioimageio.spec
+#: 0.5.7.4 (BiaPy 3.7.1's pin) knows; newer spec releases (0.5.12, 0.5.14) update it on loading.
+#: In this form ``covers`` and ``documentation`` are plain file names (0.5.7.4 rejects the
+#: ``{source, sha256}`` objects that format 0.5.12 writes).
+FORMAT_VERSION = "0.5.7"
 
 #: The CartoCell paper and BiaPy, cited by every package (text, doi).
 CARTOCELL_CITATION: tuple[str, str] = (
@@ -56,6 +65,7 @@ __all__ = [
     "CHANNEL_NAMES",
     "COVER_FILE",
     "DOC_FILE",
+    "FORMAT_VERSION",
     "INPUT_ID",
     "OUTPUT_ID",
     "TEST_INPUT_FILE",

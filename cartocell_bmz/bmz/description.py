@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from cartocell_bmz import networks
 from cartocell_bmz.bmz.contents import (
@@ -29,7 +29,8 @@ from cartocell_bmz.bmz.contents import (
     TORCHSCRIPT_FILE,
     WEIGHTS_FILE,
 )
-from cartocell_bmz.bmz.docs import config_section, default_description, training_data_text
+from cartocell_bmz.bmz.docs import config_section, default_description, evaluation_record, training_data_text
+from cartocell_bmz.bmz.portable import CONFIG_KEY, package_kwargs
 from cartocell_bmz.io.hashing import sha256_file
 from cartocell_bmz.layout import CHANNELS
 from cartocell_bmz.train.run import STATUS_JSON
@@ -52,6 +53,7 @@ def describe_model(
     halo: HaloChoice,
     attachments: list[Path],
     arch_file: Path,
+    figures: Mapping[str, Any] | None = None,
 ) -> "v0_5.ModelDescr":
     """The model description of the package files in ``work``.
 
@@ -75,6 +77,9 @@ def describe_model(
         Files in ``work`` attached for provenance.
     arch_file : pathlib.Path
         The architecture source file in ``work``.
+    figures : mapping, optional
+        ``evaluate``'s ``summary.json`` of the test set: its ranking columns go into
+        ``config.cartocell_bmz.evaluation`` (:func:`~cartocell_bmz.bmz.docs.evaluation_record`).
 
     Returns
     -------
@@ -99,7 +104,7 @@ def describe_model(
         outputs=[_output_tensor(work, sizes)],
         weights=_weights(run, work, arch_file),
         training_data=_training_data(run, metadata),
-        config=_config(run, spec, halo),
+        config=_config(run, spec, halo, evaluation_record(figures)),
     )
 
 
@@ -195,7 +200,7 @@ def _weights(run: TrainingRun, work: Path, arch_file: Path) -> "v0_5.WeightsDesc
             source=work / WEIGHTS_FILE, sha256=sha256_file(work / WEIGHTS_FILE),
             architecture=v0_5.ArchitectureFromFileDescr(
                 source=arch_file, sha256=sha256_file(arch_file), callable=v0_5.Identifier(run.callable),
-                kwargs=run.kwargs,
+                kwargs=package_kwargs(run.kwargs, arch_file),
             ),
             pytorch_version=torch_version,
         ),
@@ -223,7 +228,7 @@ def _training_data(run: TrainingRun, metadata: PackageMetadata) -> Any:
     )
 
 
-def _config(run: TrainingRun, spec: Any, halo: HaloChoice) -> "v0_5.Config":
+def _config(run: TrainingRun, spec: Any, halo: HaloChoice, evaluation: dict[str, Any] | None) -> "v0_5.Config":
     """The ``bioimageio`` section (architecture, training details) and cartocell-bmz's own section."""
     from bioimageio.spec.model import v0_5
 
@@ -239,6 +244,23 @@ def _config(run: TrainingRun, spec: Any, halo: HaloChoice) -> "v0_5.Config":
         loss_function="sum over channels of binary cross-entropy on logits",
         optimizer=str(train["optimizer"]) if train.get("optimizer") else None,
     )
+    own = {
+        "channels": dict(zip(CHANNELS, CHANNEL_NAMES)),
+        "target_mode": run.target_mode,
+        "divisor": list(run.divisor),
+        "halo": list(halo.halo),
+        "halo_max_difference": round(float(halo.max_difference), 4),
+        "halo_tolerance": halo.tolerance,
+        "architecture": run.arch,
+        "published_counterpart": spec.published_id,
+        "best_epoch": run.status.get("best_epoch"),
+        "training_finished": bool(run.status.get("finished")),
+        "training_patch_size": data.get("patch_size") or train.get("patch_size"),
+    }
+    if evaluation is not None:
+        # not config.bioimageio.evaluations: its Evaluation needs a published dataset id and
+        # an http source, which the synthetic test set has not
+        own["evaluation"] = evaluation
     return v0_5.Config(
         bioimageio=v0_5.BioimageioConfig(
             architecture_type=spec.name,
@@ -249,19 +271,7 @@ def _config(run: TrainingRun, spec: Any, halo: HaloChoice) -> "v0_5.Config":
             model_parameter_count=run.n_parameters or None,
             training=training,
         ),
-        cartocell_bmz={
-            "channels": dict(zip(CHANNELS, CHANNEL_NAMES)),
-            "target_mode": run.target_mode,
-            "divisor": list(run.divisor),
-            "halo": list(halo.halo),
-            "halo_max_difference": round(float(halo.max_difference), 4),
-            "halo_tolerance": halo.tolerance,
-            "architecture": run.arch,
-            "published_counterpart": spec.published_id,
-            "best_epoch": run.status.get("best_epoch"),
-            "training_finished": bool(run.status.get("finished")),
-            "training_patch_size": data.get("patch_size") or train.get("patch_size"),
-        },
+        **{CONFIG_KEY: own},
     )
 
 

@@ -307,24 +307,10 @@ def _summary_markdown(summary: Mapping[str, Any]) -> list[str]:
 
     per_threshold = summary["dataset"]
 
-    def at(threshold: float) -> Mapping[str, Any]:
-        for key, value in per_threshold.items():
-            try:
-                if abs(float(key) - threshold) < 1e-9:
-                    return value
-            except ValueError:
-                continue
-        return {}
-
     def cell(value: Any) -> str:
         return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
 
-    values = []
-    for _, key, threshold in RANKING_COLUMNS:
-        if threshold is None:
-            values.append(summary["channel_iou"].get(key.split("_")[-1]))
-        else:
-            values.append(at(threshold).get(key))
+    values = list(_ranking_values(summary).values())
     n = summary.get("n_images", "?")
     lines = [
         f"Test set: {n} held-out cysts; figures averaged over images "
@@ -346,6 +332,98 @@ def _summary_markdown(summary: Mapping[str, Any]) -> list[str]:
                 + " | " + " | ".join(str(row.get(k, "n/a")) for k in ("tp", "fp", "fn")) + " |"
             )
     return lines
+
+
+def _at_threshold(per_threshold: Mapping[str, Any], threshold: float) -> Mapping[str, Any]:
+    for key, value in per_threshold.items():
+        try:
+            if abs(float(key) - threshold) < 1e-9:
+                return value
+        except ValueError:
+            continue
+    return {}
+
+
+def _ranking_values(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Column name -> value of the published ranking's columns, from ``evaluate``'s ``summary.json``."""
+    from cartocell_bmz.bmz.known_models import RANKING_COLUMNS
+
+    values: dict[str, Any] = {}
+    for column, key, threshold in RANKING_COLUMNS:
+        if threshold is None:
+            values[column] = summary["channel_iou"].get(key.split("_")[-1])
+        else:
+            values[column] = _at_threshold(summary["dataset"], threshold).get(key)
+    return values
+
+
+def evaluation_record(figures: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The test-set figures a package records in ``config.cartocell_bmz.evaluation``, or ``None``.
+
+    The published ranking's columns (:data:`~cartocell_bmz.bmz.known_models.RANKING_COLUMNS`),
+    rounded to the 3 decimals ``documentation.md`` shows, with the number of test images
+    and the target definition; ``None`` unless ``figures`` is ``evaluate``'s ``summary.json``.
+
+    Examples
+    --------
+    >>> summary = {"n_images": 2, "target_mode": "cartocell",
+    ...            "channel_iou": {"B": 0.81234, "C": 0.9, "M": 0.95},
+    ...            "dataset": {"0.5": {"f1": 0.9, "panoptic_quality": 0.7, "mean_true_score": 0.69},
+    ...                        "0.75": {"f1": 0.6, "panoptic_quality": 0.5}}}
+    >>> ev = evaluation_record(summary)
+    >>> ev["figures"]["IoU B"], ev["sample_count"]
+    (0.812, 2)
+    """
+    if not figures or not isinstance(figures.get("dataset"), Mapping) \
+            or not isinstance(figures.get("channel_iou"), Mapping):
+        return None
+    values = {k: (round(float(v), 3) if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
+              for k, v in _ranking_values(figures).items()}
+    return _evaluation(figures.get("n_images"), figures.get("target_mode"), values)
+
+
+def _evaluation(n_images: Any, target_mode: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "dataset": "cartocell-bmz synthetic test set (held-out cysts, not published)",
+        "dataset_role": "test",
+        "sample_count": int(n_images) if isinstance(n_images, int) else None,
+        "averaged_over": "images",
+        "target_mode": str(target_mode) if target_mode else None,
+        "columns": "the published CartoCell ranking's",
+        "figures": dict(values),
+    }
+
+
+def evaluation_from_documentation(text: str) -> dict[str, Any] | None:
+    """The :func:`evaluation_record` record read back from a package's ``documentation.md``.
+
+    Reads the ``# Validation`` section that :func:`documentation` writes (its sentence
+    with the number of test cysts and the table of the published columns); ``None``
+    when the section holds no such table.
+    """
+    import re
+
+    from cartocell_bmz.bmz.known_models import RANKING_COLUMNS
+
+    columns = [c[0] for c in RANKING_COLUMNS]
+    header = "| " + " | ".join(columns) + " |"
+    lines = text.splitlines()
+    if header not in lines:
+        return None
+    row = lines[lines.index(header) + 2] if lines.index(header) + 2 < len(lines) else ""
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    if len(cells) != len(columns):
+        return None
+
+    def number(cell: str) -> float | None:
+        try:
+            return float(cell)
+        except ValueError:
+            return None
+
+    found = re.search(r"Test set: (\d+) held-out cysts.*?, (\w+) targets\)", text)
+    n, mode = (int(found.group(1)), found.group(2)) if found else (None, None)
+    return _evaluation(n, mode, {c: number(v) for c, v in zip(columns, cells)})
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -438,8 +516,10 @@ __all__ = [
     "config_section",
     "default_description",
     "documentation",
+    "evaluation_from_documentation",
     "figures_markdown",
     "read_figures",
     "save_cover",
+    "evaluation_record",
     "training_data_text",
 ]

@@ -68,6 +68,7 @@ from cartocell_bmz.bmz.description import describe_model
 from cartocell_bmz.bmz.docs import documentation, read_figures, save_cover
 from cartocell_bmz.bmz.formats import RDF_FILE
 from cartocell_bmz.bmz.halo import AxisSizes, HaloChoice, choose_halo, measure_halo
+from cartocell_bmz.bmz.portable import write_portable, zip_folder
 from cartocell_bmz.bmz.torchscript import export_torchscript
 from cartocell_bmz.core.normalize import zero_mean_unit_variance
 from cartocell_bmz.errors import ConfigError, InputError, ModelError, OutputError, one_line
@@ -188,7 +189,7 @@ def build_description(
 
     def describe() -> "ModelDescr":
         return describe_model(run, work, metadata, name=name, sizes=sizes, halo=halo,
-                              attachments=attachments, arch_file=arch_file)
+                              attachments=attachments, arch_file=arch_file, figures=validation_figures)
 
     context = ValidationContext(root=work, file_name=RDF_FILE, perform_io_checks=False, raise_errors=True)
     with context:
@@ -365,7 +366,7 @@ def build_package(
     ``build_package("runs/resunet", "model_packages/resunet.zip")`` then
     ``bioimageio.core.test_model("model_packages/resunet.zip")``.
     """
-    from bioimageio.spec import ValidationContext, save_bioimageio_package, save_bioimageio_package_as_folder
+    from bioimageio.spec import ValidationContext, save_bioimageio_package_as_folder
 
     if format not in ("zip", "folder"):
         raise ConfigError(f"--format {format!r} is not one of zip, folder.")
@@ -377,17 +378,16 @@ def build_package(
         work = Path(tmp) / "files"
         descr = build_description(run_dir, work, metadata, test_volume=test_volume,
                                   validation_figures=validation_figures)
-        staged = Path(tmp) / ("package.zip" if format == "zip" else "package")
+        folder = Path(tmp) / "package"
         with ValidationContext(root=work, file_name=RDF_FILE, perform_io_checks=True), warnings.catch_warnings():
             # spec 0.5.12 warns about every relative file while re-reading the saved package
             warnings.filterwarnings("ignore", message="Found mapping with 'source'")
             try:
-                if format == "zip":
-                    save_bioimageio_package(descr, output_path=staged)
-                else:
-                    save_bioimageio_package_as_folder(descr, output_path=staged)
+                save_bioimageio_package_as_folder(descr, output_path=folder)
             except ValueError as exc:
                 raise ModelError(f"{out}: the package did not validate ({one_line(exc)}).") from None
+        write_portable(folder)  # the form bioimageio.spec 0.5.7.4 (BiaPy) to 0.5.14 read
+        staged = zip_folder(folder, Path(tmp) / "package.zip") if format == "zip" else folder
         _replace(staged, out)
     return out
 

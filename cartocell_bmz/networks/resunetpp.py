@@ -74,6 +74,15 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"normalization must be 'bn', 'in' or 'none', got {kind!r}")
 
 
+def _out_channels(value: Union[int, Sequence[int]]) -> int:
+    """Output channels from an int or BiaPy's one-element list form (``output_channels: [3]``)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ValueError(f"out_channels as a list must hold one channel count, got {list(value)!r}")
+        value = value[0]
+    return int(value)
+
+
 def _act(kind: str) -> nn.Module:
     if kind == "elu":
         return nn.ELU()
@@ -243,8 +252,8 @@ class ResUNetPlusPlus(nn.Module):
     ----------
     in_channels : int
         Input channels (1 for CartoCell's membrane images).
-    out_channels : int
-        Output channels (3: B, C, M).
+    out_channels : int or sequence of one int
+        Output channels (3: B, C, M); ``[3]`` is BiaPy's form of the same (what BiaPy reads).
     feature_maps : sequence of int
         Channel width of each level, top to bottom; its length is the depth.  The
         ASPP bridge keeps the width of the last level.
@@ -275,7 +284,7 @@ class ResUNetPlusPlus(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
-        out_channels: int = 3,
+        out_channels: Union[int, Sequence[int]] = 3,
         feature_maps: Sequence[int] = (52, 68, 84),
         z_down: Sequence[int] = (1, 1),
         normalization: str = "bn",
@@ -311,7 +320,7 @@ class ResUNetPlusPlus(nn.Module):
             self.up.append(_Up(cin, fm[i], fm[i], zd[i], k_size, normalization, activation, dr[i], upsample, sw))
             cin = fm[i]
         self.aspp_out = _ASPP(fm[0], fm[0], k_size, normalization, rates)
-        self.head = nn.Conv3d(fm[0], int(out_channels), kernel_size=1)
+        self.head = nn.Conv3d(fm[0], _out_channels(out_channels), kernel_size=1)
 
         for m in self.modules():
             if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):

@@ -59,6 +59,15 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"normalization must be 'bn', 'in' or 'none', got {kind!r}")
 
 
+def _out_channels(value: Union[int, Sequence[int]]) -> int:
+    """Output channels from an int or BiaPy's one-element list form (``output_channels: [3]``)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ValueError(f"out_channels as a list must hold one channel count, got {list(value)!r}")
+        value = value[0]
+    return int(value)
+
+
 def _act(kind: str) -> nn.Module:
     if kind == "elu":
         return nn.ELU()
@@ -177,8 +186,8 @@ class SE_U_Net(nn.Module):
     ----------
     in_channels : int
         Input channels (1 for CartoCell's membrane images).
-    out_channels : int
-        Output channels (3: B, C, M).
+    out_channels : int or sequence of one int
+        Output channels (3: B, C, M); ``[3]`` is BiaPy's form of the same (what BiaPy reads).
     feature_maps : sequence of int
         Channel width of each level, top to bottom; its length is the depth.
     z_down : sequence of int
@@ -204,7 +213,7 @@ class SE_U_Net(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
-        out_channels: int = 3,
+        out_channels: Union[int, Sequence[int]] = 3,
         feature_maps: Sequence[int] = (52, 68, 84),
         z_down: Sequence[int] = (1, 1),
         normalization: str = "bn",
@@ -236,7 +245,7 @@ class SE_U_Net(nn.Module):
         for i in range(len(fm) - 2, -1, -1):
             self.up.append(_Up(cin, fm[i], zd[i], k_size, normalization, activation, dr[i], upsample, sw))
             cin = fm[i]
-        self.head = nn.Conv3d(fm[0], int(out_channels), kernel_size=1)
+        self.head = nn.Conv3d(fm[0], _out_channels(out_channels), kernel_size=1)
 
         for m in self.modules():
             if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):

@@ -17,6 +17,7 @@ SHARED = {
     "_levels": ALL,
     "_norm": ALL,
     "_act": ALL,
+    "_out_channels": ALL,
     "_conv": ("attention_unet", "resunet", "resunet_se", "seunet", "unet"),  # resunetpp's adds dilation
     "_double_conv": ("attention_unet", "unet"),
     "_upsampler": ("attention_unet", "seunet", "unet"),
