@@ -26,3 +26,20 @@ def tiny_packages(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("packages")
     return [build_lookalike(root / "tiny-unet", "happy-honeybee", sizes="parameterized", seed=1),
             build_lookalike(root / "tiny-resunet", "merry-water-buffalo", sizes="parameterized", seed=2)]
+
+
+@pytest.fixture(scope="session")
+def sync_benchmark(tiny_packages, test_set, tmp_path_factory):
+    """One synchronous benchmark of the two tiny packages on the tiny test set: ``(result, out_dir)``.
+
+    Shared by the tests that compare other ways of running (a cluster, predict then
+    evaluate) with it; they only read its folder.
+    """
+    from bench_fakes import trusting_resolver
+
+    from cartocell_bmz.bench import benchmark as bm
+
+    out = tmp_path_factory.mktemp("sync_benchmark") / "bench"
+    res = bm.run_benchmark([str(p) for p in tiny_packages], test_set, out, scheduler="sync",
+                           resolver=trusting_resolver())
+    return res, out

@@ -78,12 +78,11 @@ def test_cli_bad_inputs_give_one_line(tmp_path, test_set):
         assert "Traceback" not in proc.stderr
 
 
-def test_ranking_equals_predict_then_evaluate_one_model_at_a_time(tiny_packages, test_set, tmp_path):
+def test_ranking_equals_predict_then_evaluate_one_model_at_a_time(tiny_packages, test_set, sync_benchmark, tmp_path):
     from cartocell_bmz.run.evaluate import evaluate_folder
     from cartocell_bmz.run.batch import predict_folder
 
-    res = bm.run_benchmark([str(p) for p in tiny_packages], test_set, tmp_path / "bench", scheduler="sync",
-                           resolver=trusting_resolver())
+    res, bench = sync_benchmark
     assert sorted(r.model for r in res.ranking) == ["tiny-resunet", "tiny-unet"]
     for pkg in tiny_packages:
         one = tmp_path / "one" / pkg.name
@@ -104,8 +103,8 @@ def test_ranking_equals_predict_then_evaluate_one_model_at_a_time(tiny_packages,
         for name in ("cyst_000_day4.tif", "cyst_001_day7.tif"):
             from cartocell_bmz.io.volumes import read_volume
 
-            a = read_volume(tmp_path / "bench" / pkg.name / VORONOI_DIR / name, "labels").data
+            a = read_volume(bench / pkg.name / VORONOI_DIR / name, "labels").data
             b = read_volume(one / VORONOI_DIR / name, "labels").data
             assert np.array_equal(a, b)
     assert res.n_tasks == 4 and res.n_reused == 0
-    assert (tmp_path / "bench" / "plots" / "montage_tiny-unet.png").stat().st_size > 0
+    assert (bench / "plots" / "montage_tiny-unet.png").stat().st_size > 0

@@ -48,17 +48,17 @@ def test_unreachable_scheduler_is_one_line(test_set, tmp_path, monkeypatch):
                          task_fn=FAKE_TASK)
 
 
-def test_real_packages_on_a_local_cluster_give_the_sync_ranking(tiny_packages, test_set, tmp_path):
+def test_real_packages_on_a_local_cluster_give_the_sync_ranking(tiny_packages, test_set, sync_benchmark, tmp_path):
     """2 tiny models x 2 tiny images on LocalCluster(2 workers, 1 thread, processes) == synchronous mode."""
     from distributed import LocalCluster
 
     values = [str(p) for p in tiny_packages]
-    sync = bm.run_benchmark(values, test_set, tmp_path / "sync", scheduler="sync", resolver=trusting_resolver())
+    sync, sync_out = sync_benchmark
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=40) as cluster:
         dist = bm.run_benchmark(values, test_set, tmp_path / "dist", scheduler=cluster.scheduler_address,
                                 resolver=trusting_resolver())
     assert dist.scheduler.startswith("tcp://") and dist.n_tasks == 4 and dist.n_reused == 0
     for name in ("ranking.csv", "per_image.csv"):
-        assert (tmp_path / "dist" / name).read_bytes() == (tmp_path / "sync" / name).read_bytes()
+        assert (tmp_path / "dist" / name).read_bytes() == (sync_out / name).read_bytes()
     assert len({r.score for r in sync.ranking}) == 2  # two different models, not a trivial tie
