@@ -6,7 +6,7 @@ positions, and the cases a cyst finder must tell apart:
 * ``single`` -- one lumen, one cell layer, free and whole (the cysts to keep);
 * ``touching`` -- two cysts whose walls touch over a small patch;
 * ``two_lumens`` -- two cysts fused into one by a shared wall (one cellular region, two lumens);
-* ``two_layers`` -- a cyst whose wall is two cells thick (each cell cut in an apical and a basal one);
+* ``two_layers`` -- a cyst whose wall is two cells thick (a basal cell outside each apical one);
 * ``cut`` -- a cyst cut by the stack border;
 * ``debris`` -- a small ball of cells without lumen.
 
@@ -40,6 +40,8 @@ DEFAULT_CYST_SHAPE: tuple[int, int, int] = (20, 48, 48)
 DEFAULT_STACK_SPACING: tuple[float, float, float] = (1.0, 0.5, 0.5)
 #: Voxels between a whole cyst and the stack faces (a prediction blurs a voxel or two past the cells).
 FACE_GAP = 3
+#: Voxels between the cells of two objects placed apart (predictions blur the walls of close cysts together).
+OBJECT_GAP = 5
 
 Box = tuple[int, int, int, int, int, int]
 
@@ -185,10 +187,12 @@ def _object(kind: str, cyst_shape, spacing, rng: np.random.Generator):
     stages = list(STAGES)
     if kind == "debris":
         return _debris(cyst_shape, spacing, rng)
+    if kind == "two_layers":  # a day-4 wall is too thin to show two layers of cells
+        stages = stages[1:]
     stage = stages[int(rng.integers(len(stages)))]
     a = make_cyst(cyst_shape, spacing, stage=stage, seed=int(rng.integers(2**31))).labels.astype(np.uint32)
     if kind == "two_layers":
-        a = _two_layers(a)
+        a = _two_layers(a, spacing)
     if kind not in ("touching", "two_lumens"):
         return [(stage, _bbox(a > 0))], a
     stage_b = stages[int(rng.integers(len(stages)))]
@@ -208,18 +212,24 @@ def _debris(cyst_shape, spacing, rng):
     return [("-", _bbox(local > 0))], local
 
 
-def _two_layers(labels: np.ndarray) -> np.ndarray:
-    """Cut every cell at mid-depth of the wall: an apical and a basal layer."""
+def _two_layers(labels: np.ndarray, spacing) -> np.ndarray:
+    """A second, basal layer of cells outside the wall, as thick as it: each cell gets one on top of it.
+
+    The wall doubles in thickness (as in a real multilayered cyst) and a membrane
+    runs between the layers, so the apical cells touch only the lumen and the
+    basal ones only the outside.  The volume grows by the wall's thickness.
+    """
     from scipy import ndimage as ndi
 
     shell = labels > 0
-    lumen = ndi.binary_fill_holes(shell) & ~shell
-    outside = ~(shell | lumen)
-    depth_in = ndi.distance_transform_edt(~lumen)
-    depth_out = ndi.distance_transform_edt(~outside)
+    thickness = 2.0 * float(ndi.distance_transform_edt(shell, sampling=spacing).max())
+    pad = [int(np.ceil(thickness / s)) + 1 for s in spacing]
+    labels = np.pad(labels, [(p, p) for p in pad])
+    hull = ndi.binary_fill_holes(labels > 0)
+    dist, idx = ndi.distance_transform_edt(~hull, sampling=spacing, return_indices=True)
+    outer = ~hull & (dist <= thickness)
     out = labels.copy()
-    basal = shell & (depth_out < depth_in)
-    out[basal] += labels.max()
+    out[outer] = labels[tuple(i[outer] for i in idx)] + labels.max()
     return out
 
 
@@ -272,13 +282,13 @@ def _shift(mask: np.ndarray, dy: int) -> np.ndarray:
 
 
 def _place(mask: np.ndarray, taken: np.ndarray, cut: bool, rng, tries: int = 400):
-    """A random offset where the object's cells (kept 3 voxels from others) fit; ``None`` if none found."""
+    """A random offset where the object's cells (kept OBJECT_GAP voxels from others) fit; ``None`` if none found."""
     from scipy import ndimage as ndi
 
     box = _bbox(mask)
     lo, hi = np.array(box[:3]), np.array(box[3:])
     shape = np.array(taken.shape)
-    gap = ndi.binary_dilation(mask, iterations=3)
+    gap = ndi.binary_dilation(np.pad(mask, OBJECT_GAP), iterations=OBJECT_GAP)  # beyond the object's own volume
     low, high = -lo + FACE_GAP, shape - hi - FACE_GAP + 1  # cells FACE_GAP voxels from every face
     for _ in range(tries):
         axis = 1 + int(rng.integers(2)) if cut else -1
@@ -288,9 +298,9 @@ def _place(mask: np.ndarray, taken: np.ndarray, cut: bool, rng, tries: int = 400
         if cut:  # one y or x side out by 25-50 % of the cyst
             out = int(round(rng.uniform(0.25, 0.5) * (hi[axis] - lo[axis])))
             off[axis] = -lo[axis] - out if rng.random() < 0.5 else shape[axis] - hi[axis] + out
-        src, dst = _overlap(mask.shape, off, taken.shape)
-        if src is None:
+        if _overlap(mask.shape, off, taken.shape)[0] is None:
             continue
+        src, dst = _overlap(gap.shape, off - OBJECT_GAP, taken.shape)
         if not (gap[src] & taken[dst]).any():
             return tuple(int(o) for o in off)
     return None
