@@ -125,6 +125,9 @@ class PackageBackend(Backend):
             self.pipeline = create_prediction_pipeline(self.model.description, devices=[self.device],
                                                        weights_format=self.weights)
         except Exception as exc:
+            missing = missing_module_message(exc)
+            if missing:
+                raise ModelError(f"model {self.name}: cannot load its {self.weights} weights: {missing}.") from None
             raise ModelError(f"model {self.name}: cannot load its {self.weights} weights ({one_line(exc)}).") from None
         if self.device == "cpu":
             use_channels_last(self.pipeline)
@@ -294,6 +297,61 @@ def _channels_last(net: Any) -> int:
     return 1
 
 
+def missing_module_message(exc: BaseException) -> str | None:
+    """What to install when a package's architecture file cannot be imported, or ``None``.
+
+    Finds a ``ModuleNotFoundError`` in ``exc`` or its causes (bioimageio.core wraps it) and
+    names the module and the command that installs it; for torchvision (which a BiaPy 3.7
+    export's ``model.py`` imports) the release made for the installed torch.  A torchvision
+    built for another torch fails with "operator torchvision::nms does not exist": the same advice.
+
+    Examples
+    --------
+    >>> missing_module_message(ModuleNotFoundError("No module named 'skimage'", name="skimage"))
+    "its architecture file imports skimage, which is not installed: pip install 'skimage'"
+    >>> missing_module_message(ValueError("bad value")) is None
+    True
+    """
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 10:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    name = None
+    for error in seen:
+        if isinstance(error, ModuleNotFoundError) and error.name:
+            name = error.name.split(".")[0]
+            break
+        text = str(error)
+        if "No module named '" in text:
+            name = text.split("No module named '", 1)[1].split("'", 1)[0].split(".")[0]
+            break
+        if "torchvision::" in text and "does not exist" in text:
+            return "the installed torchvision was built for another torch (" + one_line(error)[:120] + "); " \
+                + _torchvision_install()
+    if name is None:
+        return None
+    if name == "torchvision":
+        return "its architecture file imports torchvision, which is not installed: " + _torchvision_install()
+    return f"its architecture file imports {name}, which is not installed: pip install '{name}'"
+
+
+def _torchvision_install() -> str:
+    """The command that installs the torchvision release made for the installed torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:  # pragma: no cover - cartocell-bmz needs torch
+        return "pip install torchvision (the release made for your torch)"
+    major, minor = (int(x) for x in torch_version.split("+")[0].split(".")[:2])
+    command = f"pip install 'torchvision=={major - 2}.{minor + 15}.*'" if major == 2 else "pip install torchvision"
+    local = torch_version.partition("+")[2]
+    where = (f" from the same package index as your {local} torch build {torch_version} (the default index's "
+             "torchvision wheels are built for the CUDA torch)") if local else ""
+    return f"{command}{where}"
+
+
 def check_architecture_hash(model: Any) -> None:
     """Refuse to import an architecture file whose sha256 the description does not declare.
 
@@ -447,6 +505,7 @@ __all__ = [
     "WEIGHT_FORMATS",
     "check_architecture_hash",
     "description_sizes",
+    "missing_module_message",
     "open_backend",
     "use_channels_last",
 ]

@@ -135,12 +135,20 @@ def test_description_round_trips_with_every_field(built):
 
     collect(rdf)
     names = {f["source"] for f in files}
-    assert {"weights_state_dict.pt", "weights_torchscript.pt", "resunet.py", "test_input.npy", "test_output.npy",
-            "cover.png", "documentation.md"} <= names
+    assert {"weights_state_dict.pt", "weights_torchscript.pt", "resunet.py", "test_input.npy",
+            "test_output.npy"} <= names
     import hashlib
 
     for f in files:
         assert f.get("sha256") == hashlib.sha256(member(built["package"], f["source"])).hexdigest(), f["source"]
+    # format 0.5.7, the form bioimageio.spec 0.5.7.4 (BiaPy's pin) reads: covers and documentation are
+    # plain file names (no sha256 there), present in the package
+    assert rdf["format_version"] == "0.5.7"
+    assert rdf["covers"] == ["cover.png"] and rdf["documentation"] == "documentation.md"
+    assert member(built["package"], "cover.png") and member(built["package"], "documentation.md")
+    # what BiaPy needs to read F + C + M: its tags and out_channels as a list
+    assert {"biapy", "cyst", "3d", "fluorescence", "instance-segmentation"} <= set(rdf["tags"])
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["out_channels"] == [3]
 
 
 def test_test_tensors_are_a_raw_crop_and_core_probabilities(built):

@@ -15,6 +15,9 @@ def command(
         None, "--weights", help="Test only this weight format (pytorch_state_dict, torchscript, onnx, ...)."
     ),
     device: Optional[str] = typer.Option(None, "--device", help="Device to test on (cpu, cuda); default cuda if available."),
+    consumers: bool = typer.Option(
+        False, "--consumers", help="One line per consumer: bioimageio.core per weight format (run here), BiaPy 3.7.1, "
+                                   "ilastik, deepImageJ (their rules): reads / runs / why not."),
 ) -> None:
     """Test a BMZ model package with bioimageio.core, every weight format.
 
@@ -29,6 +32,9 @@ def command(
     from cartocell_bmz.bmz.validate import all_passed, validate_package
 
     console = Console(stderr=False)
+    if consumers:
+        _consumers(console, package, device)
+        return
     with console.status(f"testing {package} with bioimageio.core ..."):
         rows = validate_package(package, weights=weights, devices=[device] if device else None)
     table = Table(title=f"bioimageio.core test of {package}", title_justify="left")
@@ -47,4 +53,19 @@ def command(
         )
     console.print(table)
     if not all_passed(rows):
+        raise typer.Exit(1)
+
+
+def _consumers(console, package: str, device: Optional[str]) -> None:
+    """Print one verdict per consumer; exit 1 when bioimageio.core's test fails."""
+    from rich.markup import escape
+
+    from cartocell_bmz.bmz.consumers import consumer_verdicts
+
+    with console.status(f"testing {package} for every consumer ..."):
+        verdicts = consumer_verdicts(package, devices=[device] if device else None)
+    for v in verdicts:
+        colour = "green" if v.reads and v.runs is not False else "red"
+        console.print(f"[{colour}]{escape(str(v))}[/{colour}]", soft_wrap=True)
+    if any(v.consumer.startswith("bioimageio.core") and not (v.reads and v.runs is not False) for v in verdicts):
         raise typer.Exit(1)
