@@ -103,12 +103,13 @@ class BiapyReading:
         return tuple(BIAPY_TO_OURS.get(c, c) for c in self.channels)
 
 
-def biapy_reading(content: Mapping[str, Any]) -> BiapyReading:
+def biapy_reading(content: Mapping[str, Any], *, spec_check: bool = True) -> BiapyReading:
     """BiaPy 3.7.1's ``check_bmz_model_compatibility`` (all workflows), re-implemented on a raw description.
 
-    Its assertion that a ``biapy``-tagged package lists ``out_channels`` becomes a refusal here;
-    so does what bioimageio.spec 0.5.7.4 (BiaPy's pin) cannot load: ``covers`` or
-    ``documentation`` written as ``{source, sha256}`` objects.
+    Its assertion that a ``biapy``-tagged package lists ``out_channels`` becomes a refusal here.
+    With ``spec_check``, so does what bioimageio.spec 0.5.7.4 (BiaPy's pin) cannot load when
+    BiaPy then loads the package: ``covers`` or ``documentation`` written as ``{source, sha256}``
+    objects (``check_bmz_model_compatibility`` itself reads the raw YAML and does not see it).
 
     Examples
     --------
@@ -119,7 +120,7 @@ def biapy_reading(content: Mapping[str, Any]) -> BiapyReading:
     >>> biapy_reading(rdf).channels
     ('F', 'C', 'M')
     """
-    spec_error = _spec_0574_error(content)
+    spec_error = _spec_0574_error(content) if spec_check else ""
     if spec_error:
         return BiapyReading(True, spec_error)
     weights = (content.get("weights") or {}).get("pytorch_state_dict")
