@@ -33,3 +33,22 @@ def test_the_statistics_are_float32_as_bioimageio_core_computes_them():
     expected = (image - mean) / (std + np.float32(NORM_EPS))
     assert np.array_equal(zero_mean_unit_variance(image), expected)
     assert np.array_equal(zero_mean_unit_variance(image.astype(np.float64)), expected)  # cast to float32 first
+
+
+def test_chunked_statistics_normalise_like_the_whole_image():
+    """Two passes over z-slabs (float64): the whole image's statistics, blocks normalised as the whole."""
+    from cartocell_bmz.core.normalize import apply_zero_mean_unit_variance, chunked_mean_std
+
+    rng = np.random.default_rng(0)
+    image = (rng.poisson(300, size=(23, 40, 52)) * 3).astype(np.uint16)
+    exact = image.astype(np.float64)
+    for planes in (1, 5, 23, 100):
+        mean, std = chunked_mean_std(image, planes=planes)
+        assert mean.dtype == np.float32 and std.dtype == np.float32
+        assert mean == np.float32(exact.mean()) and std == np.float32(exact.std())
+        whole = zero_mean_unit_variance(image)
+        block = apply_zero_mean_unit_variance(image[3:9, 10:30], mean, std)
+        assert block.dtype == np.float32
+        # float32 statistics (as bioimageio.core) agree with the exact ones to a float32 rounding
+        assert np.abs(block - whole[3:9, 10:30]).max() < 1e-5
+    assert chunked_mean_std(np.full((4, 3, 3), 7, np.uint8)) == (np.float32(7), np.float32(0))
