@@ -73,12 +73,12 @@ def test_blocks_give_the_whole_prediction(tmp_path):
     from cartocell_bmz.run.crop import M_BIT, predict_mask
     from cartocell_bmz.run.predictor import Predictor
 
-    s = make_stack((20, 64, 80), cyst_shape=(16, 40, 40), mix={"single": 2}, seed=3)
+    s = make_stack((18, 56, 64), cyst_shape=(14, 36, 36), mix={"single": 1}, seed=3)
     path = write_volume(tmp_path / "s.tif", s.raw, s.spacing)
     with Predictor(ROOT / "model_packages" / "synthetic-unet", device="cpu") as p, open_stack(path) as stack:
         whole = p.predict(s.raw.astype(np.float32))
         with ScratchVolume(tmp_path, stack.shape) as code:
-            predict_mask(p, stack, code, CropSettings(block=(12, 40, 40)))
+            predict_mask(p, stack, code, CropSettings(block=(18, 56, 32)))
             m = (code[:] & M_BIT) > 0
     differ = np.count_nonzero(m != (whole[2] > 0.5))
     assert differ <= 0.001 * m.size, differ
