@@ -2,7 +2,18 @@
 # Rebuilds the six packages in model_packages/ from scratch, on CPU, with the CartoCell
 # phases: M1 on curated cysts -> pseudo-labels of train_M2 -> six M2 variants.
 # Run from the repository root: bash model_packages/rebuild.sh   (about an hour on 2 cores)
+#
+# bash model_packages/rebuild.sh --descriptions-only   (seconds) rewrites only each package's
+# rdf.yaml with today's description rules (format 0.5.7, tags, BiaPy's out_channels list, test-set
+# figures from documentation.md, today's architecture file) and leaves weights and test tensors
+# byte for byte (cartocell_bmz.bmz.portable.refresh_description).
 set -euo pipefail
+if [[ "${1:-}" == "--descriptions-only" ]]; then
+  for rdf in model_packages/*/rdf.yaml; do
+    python -c "import sys; from cartocell_bmz.bmz.portable import refresh_description as r; print(r(sys.argv[1]))" "$(dirname "$rdf")"
+  done
+  exit 0
+fi
 DATA=data/synthetic
 RUNS=runs/synthetic
 TRAIN=(--preset tiny --patch 32 64 64 --epochs 40 --seed 0 --device cpu)
