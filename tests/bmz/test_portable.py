@@ -101,3 +101,16 @@ def test_missing_module_of_an_architecture_file_is_named_with_its_install_comman
     assert "\n" not in message
     assert "imports cartocell_missing_dep_for_test, which is not installed" in message
     assert "pip install 'cartocell_missing_dep_for_test'" in message
+
+
+def test_models_command_shows_each_local_packages_test_set_figures():
+    from typer.testing import CliRunner
+
+    from cartocell_bmz.cli.app import app
+
+    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "synthetic-unet" in line and "0.945" in line]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("│ ").split("│")]
+    assert cells == ["synthetic-unet", "4", "0.797", "0.921", "0.931", "0.945", "0.734", "0.719", "0.663", "0.541"]
