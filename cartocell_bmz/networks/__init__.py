@@ -316,7 +316,10 @@ def _check_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     out["in_channels"] = _int("in_channels", kw["in_channels"], 1)
-    out["out_channels"] = _int("out_channels", kw["out_channels"], 1)
+    oc = kw["out_channels"]
+    if isinstance(oc, (list, tuple)) and len(oc) == 1:
+        oc = oc[0]  # BiaPy's list form, as packages write it (out_channels: [3])
+    out["out_channels"] = _int("out_channels", oc, 1)
     fm = kw["feature_maps"]
     if isinstance(fm, (str, bytes)) or not hasattr(fm, "__len__") or len(fm) < 1:
         raise ValueError(f"feature_maps must be a non-empty list of channel widths, got {fm!r}")

@@ -499,3 +499,23 @@ def test_se_window_is_the_mean_over_the_neighbourhood_inside_the_input(name):
     gate = torch.sigmoid(glob.fc2(torch.relu(glob.fc1(x.mean(dim=(2, 3, 4), keepdim=True)))))
     with torch.no_grad():
         assert (glob(x) - x * gate).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("arch", ["attention_unet", "resunet", "resunet_se", "resunetpp", "seunet", "unet"])
+def test_out_channels_in_biapys_list_form_builds_the_same_network(arch):
+    """Packages write out_channels: [3] (what BiaPy asserts); the classes and resolve_kwargs take it as 3."""
+    import torch
+
+    from cartocell_bmz.networks import build_network, preset_kwargs, resolve_kwargs
+
+    kw = preset_kwargs(arch, "tiny")
+    torch.manual_seed(0)
+    as_int = build_network(arch, **{**kw, "out_channels": 3})
+    torch.manual_seed(0)
+    as_list = build_network(arch, **{**kw, "out_channels": [3]})
+    a, b = as_int.state_dict(), as_list.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    cls = type(as_int)
+    assert cls(**{**resolve_kwargs(arch, kw), "out_channels": [3]}).head.out_channels == 3
+    with pytest.raises(ValueError, match="one channel count"):
+        cls(**{**resolve_kwargs(arch, kw), "out_channels": [3, 2]})
