@@ -98,7 +98,7 @@ def chunked_mean_std(image: Any, *, planes: int = 16) -> tuple[np.float32, np.fl
         return np.float32(0.0), np.float32(0.0)
     total = 0.0
     for z in range(0, n_planes, step):
-        total += float(np.asarray(image[z:z + step], dtype=np.float64).sum())
+        total += float(np.sum(np.asarray(image[z:z + step]), dtype=np.float64))
     mean = total / count
     squares = 0.0
     for z in range(0, n_planes, step):

@@ -57,8 +57,8 @@ CANDIDATE_COLUMNS: tuple[str, ...] = (
 )
 #: Bits of the scratch mask: M above the threshold, B above it.
 M_BIT, B_BIT = 1, 2
-#: Voxels of one slab when labelling the mask (an int32 label slab of 64 MiB).
-SLAB_VOXELS = 1 << 24
+#: Voxels of one slab read for the statistics and for labelling the mask (an int32 label slab of 16 MiB).
+SLAB_VOXELS = 1 << 22
 
 
 @dataclass(frozen=True)
