@@ -84,7 +84,7 @@ def test_blocks_give_the_whole_prediction(tmp_path):
     assert differ <= 0.001 * m.size, differ
 
 
-@pytest.mark.slow(reason="3 stacks predicted with the synthetic-unet package on CPU (about 50 s)")
+@pytest.mark.slow(reason="3 stacks predicted with the synthetic-unet package on CPU (20-50 s on 2 shared cores)")
 def test_packaged_model_keeps_single_cysts_and_rejects_the_others(tmp_path):
     from cartocell_bmz.io.phantom_stacks import TRUTH_CSV, make_stacks
 
