@@ -204,3 +204,24 @@ def test_documented_pipeline_reaches_f1_090(tmp_path):
     comparison = json.loads((out / "comparison.json").read_text())
     print(f"pipeline took {minutes:.1f} min")
     assert comparison["M2"]["f1@0.5"] >= 0.90, comparison
+
+
+#: The README's M1-against-M2 run on the paper's two acquisitions, seed 0, and its figures.
+CC_PHANTOMS = ["phantoms", "{data}", "--seed", "0", "--optics", "cartocell"]
+CC_PIPELINE = ["pipeline", "{data}", "--out", "{out}", "--preset", "tiny", "--seed", "0"]
+CC_README_F1 = {"M1": 0.849, "M2": 0.823}
+
+
+@pytest.mark.slow
+def test_documented_two_acquisition_comparison_reproduces(tmp_path):
+    """The README's seed-0 figures (OMP_NUM_THREADS=1) to the third decimal (about 13 min on one thread)."""
+    exe = Path(sys.executable).parent / "cartocell-bmz"
+    data, out = tmp_path / "data", tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    fill = lambda args: [a.format(data=data, out=out) for a in args]  # noqa: E731
+    subprocess.run([str(exe), *fill(CC_PHANTOMS)], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run([str(exe), *fill(CC_PIPELINE)], check=True, env=env, stdout=subprocess.DEVNULL)
+    comparison = json.loads((out / "comparison.json").read_text())
+    got = {name: round(comparison[name]["f1@0.5"], 3) for name in CC_README_F1}
+    assert got == CC_README_F1, comparison
+    assert "difference" in (out / "comparison.md").read_text()
