@@ -279,6 +279,10 @@ def _predict(w: World, inputs, model=None, out=None, *extra) -> list:
             "--out", out or w.out, "--trust", "--device", "cpu", *extra]
 
 
+def _crop(w: World, stack) -> list:
+    return ["crop", stack, "--model", w.package, "--out", w.out, "--trust", "--device", "cpu"]
+
+
 def _bench(w: World, test, models, *extra) -> list:
     return ["benchmark", "--test", test, "--models", models, "--out", w.out, "--trust", "--device", "cpu",
             "--scheduler", "sync", *extra]
@@ -425,6 +429,14 @@ CASES: dict[str, Callable[[World], Case]] = {
                                                       str(w.package)), str(w.root / "test" / "y" / "a.tif"),
                                                "ground-truth shape (16, 40, 48) differs from its image a.tif "
                                                "(16, 48, 48)", w.out),
+    # ---- crop
+    "crop-missing-file": lambda w: Case(_crop(w, w.root / "in" / "nope.tif"), "nope.tif", "file not found", w.out),
+    "crop-2d-image": lambda w: Case(_crop(w, w.bad("2d")), str(w.root / "in" / "b.tif"),
+                                    "A 2D image holds no 3D cysts", w.out),
+    "crop-no-voxel-size": lambda w: Case(_crop(w, w.bad("nan")), str(w.root / "in" / "b.tif"),
+                                         "holds no voxel size; give it with --spacing", w.out),
+    "crop-not-a-tiff": lambda w: Case(_crop(w, w.bad("not_tiff")), str(w.root / "in" / "b.tif"),
+                                      "cannot be read as a TIFF stack", w.out),
     # ---- measure
     "measure-float-labels": lambda w: Case(["measure", w.bad("float_labels", "gt", "a.tif"), "--out", w.out],
                                            str(w.root / "gt" / "a.tif"), "fractional values", w.out),
