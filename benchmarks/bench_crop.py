@@ -14,7 +14,8 @@ smoothing convolution thresholded into B, C, M: the same reading,
 normalisation, blocks, tiling, scratch mask, components, classification and
 crops, without a U-Net's cost: predicting 2 GiB with a real network on 2 CPU
 cores takes hours).  Printed: stack size, wall time, peak resident memory of
-the child (``getrusage(RUSAGE_CHILDREN).ru_maxrss``), candidates and crops.
+the child (its own ``VmHWM`` at exit, and ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` beside it,
+which on Linux also counts the parent's pages the child held between fork and exec), candidates and crops.
 """
 
 from __future__ import annotations
@@ -76,14 +77,23 @@ def stub_backend():
     return TorchBackend(conv, (1, 1, 1), name="stub")
 
 
-def child(stack: str, out: str) -> None:
-    """What the stub run does in its own process."""
-    import torch
+def child(stack: str, out: str, stub: bool, model: str) -> None:
+    """What runs in the fresh process: the crop command (or crop_stacks with the stand-in); then its VmHWM."""
+    try:
+        if stub:
+            import torch
 
-    from cartocell_bmz.run.crop import crop_stacks
+            from cartocell_bmz.run.crop import crop_stacks
 
-    torch.set_num_threads(2)
-    crop_stacks(stub_backend(), [stack], out, device="cpu")
+            torch.set_num_threads(2)
+            crop_stacks(stub_backend(), [stack], out, device="cpu")
+        else:
+            from cartocell_bmz.cli.app import app
+
+            app([ "crop", stack, "--model", model, "--out", out, "--device", "cpu", "--trust"], standalone_mode=False)
+    finally:
+        hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")]
+        print(f"VmHWM {hwm[0] if hwm else 0}", file=sys.stderr)
 
 
 def main() -> None:
@@ -95,7 +105,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("STACK", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child)
+        child(*args.child, args.stub, args.model)
         return
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-crop-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -105,15 +115,14 @@ def main() -> None:
     size = stack.stat().st_size
     print(f"stack {' x '.join(map(str, shape))} uint16, {size / (1 << 30):.2f} GiB on disk "
           f"(written in {time.perf_counter() - t0:.0f} s)")
-    if args.stub:
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", str(stack), str(out)]
-    else:
-        command = [sys.executable, "-m", "cartocell_bmz", "crop", str(stack), "--model", args.model,
-                   "--out", str(out), "--device", "cpu", "--trust"]
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(stack), str(out), "--model", args.model,
+               *(["--stub"] if args.stub else [])]
     t0 = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / (1 << 20)  # KiB -> GiB
+    rusage = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / (1 << 20)  # KiB -> GiB
+    hwm = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("VmHWM")]
+    peak = int(hwm[-1]) / (1 << 20) if hwm else float("nan")
     if proc.returncode != 0:
         print(proc.stdout[-2000:], proc.stderr[-2000:])
         raise SystemExit(f"crop failed with exit code {proc.returncode}")
@@ -121,8 +130,9 @@ def main() -> None:
         rows = list(csv.DictReader(fh))
     kept = sum(r["kept"] == "True" for r in rows)
     what = "stand-in network" if args.stub else f"model {args.model}"
-    print(f"crop ({what}, CPU): {wall:.0f} s wall, peak RSS {peak:.2f} GiB "
-          f"({peak * (1 << 30) / size:.2f} x the stack); {len(rows)} candidates, {kept} kept")
+    print(f"crop ({what}, CPU): {wall:.0f} s wall, peak RSS {peak:.2f} GiB (the child's VmHWM; "
+          f"{peak * (1 << 30) / size:.2f} x the stack; getrusage of children says {rusage:.2f} GiB); "
+          f"{len(rows)} candidates, {kept} kept")
 
 
 if __name__ == "__main__":
