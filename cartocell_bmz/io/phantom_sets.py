@@ -173,8 +173,6 @@ def save_preview(path: str | Path, cyst: Cyst) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cartocell_bmz.io.volumes import atomic_path
-
     z, y = cyst.raw.shape[0] // 2, cyst.raw.shape[1] // 2
     aspect = cyst.spacing[0] / cyst.spacing[2]
     fig, ax = plt.subplots(2, 2, figsize=(8, 6), gridspec_kw={"height_ratios": [3, 2]})
@@ -187,13 +185,7 @@ def save_preview(path: str | Path, cyst: Cyst) -> Path:
         a.set_title(t, fontsize=9)
         a.axis("off")
     fig.suptitle(f"synthetic cyst ({cyst.stage}, {int(cyst.labels.max())} cells)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def save_acquisition_preview(path: str | Path, cysts: dict[str, Cyst]) -> Path:
@@ -216,8 +208,6 @@ def save_acquisition_preview(path: str | Path, cysts: dict[str, Cyst]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cartocell_bmz.io.volumes import atomic_path
-
     n = max(len(cysts), 1)
     fig, ax = plt.subplots(2, n, figsize=(4 * n, 6), squeeze=False, gridspec_kw={"height_ratios": [3, 2]})
     for col, (name, cyst) in enumerate(cysts.items()):
@@ -229,6 +219,15 @@ def save_acquisition_preview(path: str | Path, cysts: dict[str, Cyst]) -> Path:
     for a in ax.flat:
         a.axis("off")
     fig.suptitle("the two acquisitions of an optics=cartocell set")
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (atomically, folders created) and close it."""
+    import matplotlib.pyplot as plt
+
+    from cartocell_bmz.io.volumes import atomic_path
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

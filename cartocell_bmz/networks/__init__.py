@@ -83,17 +83,7 @@ PAPER_KWARGS: dict[str, Any] = {
 }
 
 #: A network small enough to train in minutes on 2 CPU cores on 32 x 96 x 96 cysts.
-TINY_KWARGS: dict[str, Any] = {
-    "in_channels": 1,
-    "out_channels": 3,
-    "feature_maps": [8, 16, 24],
-    "z_down": [1, 1],
-    "normalization": "bn",
-    "dropout": [0.0, 0.0, 0.0],
-    "activation": "elu",
-    "k_size": 3,
-    "upsample": "convtranspose",
-}
+TINY_KWARGS: dict[str, Any] = {**PAPER_KWARGS, "feature_maps": [8, 16, 24], "dropout": [0.0, 0.0, 0.0]}
 
 
 @dataclass(frozen=True)
