@@ -15,7 +15,8 @@ normalisation, blocks, tiling, scratch mask, components, classification and
 crops, without a U-Net's cost: predicting 2 GiB with a real network on 2 CPU
 cores takes hours).  Printed: stack size, wall time, peak resident memory of
 the child (its own ``VmHWM`` at exit, and ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` beside it,
-which on Linux also counts the parent's pages the child held between fork and exec), candidates and crops.
+which measured more than that on the 2 GiB run, probably the parent's pages held between fork and exec), candidates
+and crops.
 """
 
 from __future__ import annotations
