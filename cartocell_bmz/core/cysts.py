@@ -29,7 +29,7 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -51,6 +51,27 @@ FUSED_CONTACT = 0.45
 SINGLE_LAYER_FRACTION = 0.5
 
 Box = tuple[int, int, int, int, int, int]
+
+
+@dataclass(frozen=True)
+class CystRules:
+    """The limits that decide a candidate's reason (see the module's list).
+
+    Attributes
+    ----------
+    min_volume, min_lumen : float
+        Smallest cellular volume of a cyst and smallest lumen, in µm³.
+    touch_gap : float
+        Regions closer than this (µm) to another region are touching (0: only regions that merge).
+    fused_contact, single_layer : float
+        See :data:`FUSED_CONTACT` and :data:`SINGLE_LAYER_FRACTION`.
+    """
+
+    min_volume: float = MIN_VOLUME_UM3
+    min_lumen: float = MIN_LUMEN_UM3
+    touch_gap: float = TOUCH_GAP_UM
+    fused_contact: float = FUSED_CONTACT
+    single_layer: float = SINGLE_LAYER_FRACTION
 
 
 @dataclass(frozen=True)
@@ -88,11 +109,8 @@ def find_cysts(
     *,
     spacing: Sequence[float],
     cells: np.ndarray | None = None,
-    min_volume: float = MIN_VOLUME_UM3,
-    min_lumen: float = MIN_LUMEN_UM3,
-    touch_gap: float = TOUCH_GAP_UM,
-    fused_contact: float = FUSED_CONTACT,
-    single_layer: float = SINGLE_LAYER_FRACTION,
+    rules: CystRules | None = None,
+    **limits: float,
 ) -> list[Candidate]:
     """Find and classify the cyst candidates of a cellular mask.
 
@@ -105,12 +123,10 @@ def find_cysts(
     cells : numpy.ndarray, optional
         Cell labels of the same shape (true cells, or cell bodies of the B channel);
         without them the layers are not tested.
-    min_volume, min_lumen : float
-        Smallest cellular volume of a cyst and smallest lumen, in µm³.
-    touch_gap : float
-        Regions closer than this (µm) to another region are touching (0: only regions that merge).
-    fused_contact, single_layer : float
-        See :data:`FUSED_CONTACT` and :data:`SINGLE_LAYER_FRACTION`.
+    rules : CystRules, optional
+        The limits (default: ``CystRules()``).
+    **limits : float
+        Fields of :class:`CystRules` to change (``min_volume=10``, ``touch_gap=2.0``, ...).
 
     Returns
     -------
@@ -126,8 +142,12 @@ def find_cysts(
     if cells is not None and np.shape(cells) != mask.shape:
         raise ValueError(f"cells {np.shape(cells)} and mask {mask.shape} differ in shape")
     spacing = check_spacing(spacing)
+    unknown = sorted(set(limits) - set(CystRules.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"find_cysts() got unknown limits {unknown}; CystRules has {list(CystRules.__dataclass_fields__)}")
+    rules = replace(rules or CystRules(), **limits)
     regions, _ = ndi.label(mask)
-    grow = region_pad(spacing, touch_gap)
+    grow = region_pad(spacing, rules.touch_gap)
     out: list[Candidate] = []
     for index, sl in enumerate(ndi.find_objects(regions), start=1):
         if sl is None:
@@ -138,9 +158,7 @@ def find_cysts(
         out.extend(classify_region(
             region, origin=tuple(s.start for s in pad), shape=mask.shape, spacing=spacing,
             cells=None if cells is None else np.where(region, cells[pad], 0),
-            others=(inside > 0) & ~region if touch_gap > 0 else None,
-            min_volume=min_volume, min_lumen=min_lumen, touch_gap=touch_gap, fused_contact=fused_contact,
-            single_layer=single_layer,
+            others=(inside > 0) & ~region if rules.touch_gap > 0 else None, rules=rules,
         ))
     return sorted(out, key=lambda c: c.box)
 
@@ -164,11 +182,7 @@ def classify_region(
     spacing: Sequence[float],
     cells: np.ndarray | None = None,
     others: np.ndarray | None = None,
-    min_volume: float = MIN_VOLUME_UM3,
-    min_lumen: float = MIN_LUMEN_UM3,
-    touch_gap: float = TOUCH_GAP_UM,
-    fused_contact: float = FUSED_CONTACT,
-    single_layer: float = SINGLE_LAYER_FRACTION,
+    rules: CystRules | None = None,
 ) -> list[Candidate]:
     """The candidate(s) of one connected cellular region, seen in a box of the stack.
 
@@ -187,8 +201,8 @@ def classify_region(
         Cell labels in the box (0 outside the region); without them no layer test.
     others : numpy.ndarray, optional
         Bool: other regions' voxels in the box (for ``touch_gap``).
-    min_volume, min_lumen, touch_gap, fused_contact, single_layer :
-        See :func:`find_cysts`.
+    rules : CystRules, optional
+        The limits (default: ``CystRules()``).
 
     Returns
     -------
@@ -196,9 +210,10 @@ def classify_region(
         One, or one per lumen for a region of several lumens that only touch.
     """
     spacing = check_spacing(spacing)
-    near = bool(touch_gap > 0 and others is not None and _near(region, others, spacing, touch_gap))
+    r = rules or CystRules()
+    near = bool(r.touch_gap > 0 and others is not None and _near(region, others, spacing, r.touch_gap))
     return _classify(np.asarray(region, bool), cells, tuple(int(o) for o in origin), tuple(int(s) for s in shape),
-                     float(np.prod(spacing)), min_volume, min_lumen, near, fused_contact, single_layer)
+                     float(np.prod(spacing)), r.min_volume, r.min_lumen, near, r.fused_contact, r.single_layer)
 
 
 def _near(region: np.ndarray, others: np.ndarray, spacing, gap: float) -> bool:
@@ -314,4 +329,5 @@ def _offset(box: Box, origin) -> Box:
     return (*(b + o for b, o in zip(box[:3], origin)), *(b + o for b, o in zip(box[3:], origin)))  # type: ignore[return-value]
 
 
-__all__ = ["KEPT", "REASONS", "Candidate", "find_cysts", "classify_region", "region_pad", "crop_box"]
+__all__ = ["KEPT", "REASONS", "Candidate", "CystRules", "find_cysts",
+           "classify_region", "region_pad", "crop_box"]

@@ -43,7 +43,7 @@ import numpy as np
 
 from cartocell_bmz.core.components import component_boxes
 from cartocell_bmz.core.cysts import (
-    MIN_LUMEN_UM3, MIN_VOLUME_UM3, TOUCH_GAP_UM, Candidate, classify_region, crop_box, region_pad,
+    MIN_LUMEN_UM3, MIN_VOLUME_UM3, TOUCH_GAP_UM, Candidate, CystRules, classify_region, crop_box, region_pad,
 )
 from cartocell_bmz.errors import CartoCellWarning
 from cartocell_bmz.io.progress import ProgressCallback, nested, report
@@ -340,7 +340,7 @@ def candidates_from_code(code: Any, spacing: Sequence[float], settings: CropSett
         out.extend(classify_region(
             region, origin=tuple(s.start for s in pad), shape=shape, spacing=spacing, cells=cells,
             others=(inside > 0) & ~region if settings.touch_gap > 0 else None,
-            min_volume=settings.min_volume, min_lumen=settings.min_lumen, touch_gap=settings.touch_gap,
+            rules=CystRules(min_volume=settings.min_volume, min_lumen=settings.min_lumen, touch_gap=settings.touch_gap),
         ))
     return sorted(out, key=lambda c: c.box)
 

@@ -90,3 +90,14 @@ def test_bad_input_and_crop_box():
     with pytest.raises(ValueError, match="differ in shape"):
         find_cysts(np.zeros((4, 4, 4), bool), spacing=(1, 1, 1), cells=np.zeros((4, 4, 5), int))
     assert crop_box((0, 5, 5, 3, 8, 8), (2, 2, 2), (4, 9, 20)) == (slice(0, 4), slice(3, 9), slice(3, 10))
+
+
+def test_limits_are_cyst_rules_fields():
+    from cartocell_bmz.core.cysts import CystRules
+
+    shell = _shell()
+    assert find_cysts(shell, spacing=(1, 1, 1), rules=CystRules(min_volume=1e6))[0].reason == "too small"
+    # a keyword limit changes the given rules
+    assert find_cysts(shell, spacing=(1, 1, 1), rules=CystRules(min_volume=1e6), min_volume=10)[0].reason == KEPT
+    with pytest.raises(TypeError, match="unknown limits"):
+        find_cysts(shell, spacing=(1, 1, 1), min_volum=10)
