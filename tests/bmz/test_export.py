@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from builders import MODEL_PACKAGES, model_package_params, make_run, no_network, write_cyst
+from builders import DEFAULT_RUN_PACKAGE, MODEL_PACKAGES, model_package_params, make_run, no_network, write_cyst
 from cartocell_bmz.errors import ConfigError, InputError, ModelError, OutputError
 from cartocell_bmz.layout import CHANNELS
 from cartocell_bmz.bmz.contents import CHANNEL_NAMES, INPUT_ID, OUTPUT_ID
@@ -280,8 +280,10 @@ def test_blocked_prediction_equals_whole_volume_in_plain_bioimageio_core(built):
 def test_model_packages_blocked_equal_whole_volume_in_plain_bioimageio_core(package, tmp_path):
     """Each package of model_packages/, loaded by plain bioimageio.core offline: blocked == whole within 0.01."""
     assert len(MODEL_PACKAGES) == 6
-    # 32 x 96 x 96: the blocks (half the volume plus the halo) already tile it 2 x 2 x 2
-    volume = write_cyst(tmp_path / "cyst.tif", shape=(32, 96, 96), seed=12)
+    # blocks are half the volume plus the halo: 32 x 96 x 96 holds 2 x 2 x 2 of them for the default
+    # package (halo 7, 16, 16); the wider halos of the others need 48 x 128 x 128
+    shape = (32, 96, 96) if package.name == DEFAULT_RUN_PACKAGE else (48, 128, 128)
+    volume = write_cyst(tmp_path / "cyst.tif", shape=shape, seed=12)
     proc = subprocess.run(
         [sys.executable, "-c", _BLOCKED_VS_WHOLE, str(package), str(volume)],
         capture_output=True, text=True, timeout=900,
@@ -290,7 +292,7 @@ def test_model_packages_blocked_equal_whole_volume_in_plain_bioimageio_core(pack
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(package.name, result)
     assert result["cartocell_imported"] is False
-    assert result["shape"] == [1, 3, 32, 96, 96]
+    assert result["shape"] == [1, 3, *shape]
     assert result["n_blocks"] >= 8
     assert result["max_diff"] <= 0.01
 
