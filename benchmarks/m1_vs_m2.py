@@ -27,6 +27,8 @@ CHANNELS = ("iou_B", "iou_C", "iou_M")
 
 
 def _run_rows(run: Path, model: str) -> tuple[dict, list[float], list[float]]:
+    if not (run / "comparison.json").is_file():
+        raise SystemExit(f"{run}: no comparison.json; is it the --out folder of a finished `cartocell-bmz pipeline`?")
     comparison = json.loads((run / "comparison.json").read_text())
     if "M1" not in comparison or model not in comparison:
         raise SystemExit(f"{run}: comparison.json has no M1 and {model} (models: {sorted(comparison)})")
