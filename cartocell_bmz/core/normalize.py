@@ -59,8 +59,7 @@ def zero_mean_unit_variance(image: np.ndarray, eps: float = NORM_EPS) -> np.ndar
     mean = flat.mean()
     centred = flat - mean
     std = np.sqrt(np.einsum("i,i->", centred, centred) / centred.size)
-    out = (x - mean) / (std + np.float32(eps))
-    return np.asarray(out, dtype=np.float32)
+    return apply_zero_mean_unit_variance(x, mean, std, eps)
 
 
 def chunked_mean_std(image: Any, *, planes: int = 16) -> tuple[np.float32, np.float32]:
