@@ -35,6 +35,7 @@ import csv
 import math
 import os
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -139,23 +140,18 @@ def crop_stacks(
     try:
         for p in paths:
             opened.append(open_stack(p, spacing))
-        own = not isinstance(model, Predictor)
-        predictor = Predictor(model, weights=weights, tile=tile, batch_size=batch_size, device=device,
-                              trust=trust) if own else model
+        # a given Predictor stays open for its owner; one made here is closed here
+        loaded = nullcontext(model) if isinstance(model, Predictor) else Predictor(
+            model, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=trust)
         out = ensure_output_dir(out)
         rows: list[dict] = []
-        try:
-            if own:
-                predictor.__enter__()
+        with loaded as predictor:
             report(progress, 0, len(paths), "stacks")
             for i, stack in enumerate(opened):
                 found = stack_candidates(predictor, stack, out, settings, nested(progress, i, len(paths),
                                                                                  stack.path.name))
                 rows.extend(_write_crops(stack, found, out, settings))
                 report(progress, i + 1, len(paths), stack.path.name)
-        finally:
-            if own:
-                predictor.close()
     finally:
         for s in opened:
             s.close()
