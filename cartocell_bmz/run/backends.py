@@ -308,7 +308,7 @@ def missing_module_message(exc: BaseException) -> str | None:
     Examples
     --------
     >>> missing_module_message(ModuleNotFoundError("No module named 'skimage'", name="skimage"))
-    "its architecture file imports skimage, which is not installed: pip install 'skimage'"
+    "its architecture file imports skimage, which is not installed: pip install 'scikit-image'"
     >>> missing_module_message(ValueError("bad value")) is None
     True
     """
@@ -333,7 +333,13 @@ def missing_module_message(exc: BaseException) -> str | None:
         return None
     if name == "torchvision":
         return "its architecture file imports torchvision, which is not installed: " + _torchvision_install()
-    return f"its architecture file imports {name}, which is not installed: pip install '{name}'"
+    package = _DISTRIBUTIONS.get(name, name)
+    return f"its architecture file imports {name}, which is not installed: pip install '{package}'"
+
+
+#: Import names whose package on the registry has another name (what `pip install` needs).
+_DISTRIBUTIONS = {"skimage": "scikit-image", "sklearn": "scikit-learn", "cv2": "opencv-python", "PIL": "pillow",
+                  "yaml": "pyyaml"}
 
 
 def _torchvision_install() -> str:
