@@ -301,14 +301,19 @@ def missing_module_message(exc: BaseException) -> str | None:
     """What to install when a package's architecture file cannot be imported, or ``None``.
 
     Finds a ``ModuleNotFoundError`` in ``exc`` or its causes (bioimageio.core wraps it) and
-    names the module and the command that installs it; for torchvision (which a BiaPy 3.7
-    export's ``model.py`` imports) the release made for the installed torch.  A torchvision
-    built for another torch fails with "operator torchvision::nms does not exist": the same advice.
+    names the module and the command that installs it.  torchvision (which a BiaPy 3.7
+    export's ``model.py`` imports) comes with the ``biapy`` extra of cartocell-bmz, which
+    installs it together with the torch it was built for; a torchvision built for another
+    torch fails with "operator torchvision::nms does not exist": the same advice.
 
     Examples
     --------
     >>> missing_module_message(ModuleNotFoundError("No module named 'skimage'", name="skimage"))
     "its architecture file imports skimage, which is not installed: pip install 'scikit-image'"
+    >>> err = ModuleNotFoundError("No module named 'torchvision'", name="torchvision")
+    >>> print(missing_module_message(err))  # doctest: +NORMALIZE_WHITESPACE
+    its architecture file imports torchvision, which is not installed: in the cartocell-bmz folder,
+    pip install -c constraints-biapy.txt -e '.[biapy]' (torch 2.14.1 with the torchvision 0.29.1 built for it)
     >>> missing_module_message(ValueError("bad value")) is None
     True
     """
@@ -328,34 +333,27 @@ def missing_module_message(exc: BaseException) -> str | None:
             break
         if "torchvision::" in text and "does not exist" in text:
             return "the installed torchvision was built for another torch (" + one_line(error)[:120] + "); " \
-                + _torchvision_install()
+                + _install_command("torchvision")
     if name is None:
         return None
-    if name == "torchvision":
-        return "its architecture file imports torchvision, which is not installed: " + _torchvision_install()
-    package = _DISTRIBUTIONS.get(name, name)
-    return f"its architecture file imports {name}, which is not installed: pip install '{package}'"
+    return f"its architecture file imports {name}, which is not installed: {_install_command(name)}"
 
 
 #: Import names whose package on the registry has another name (what `pip install` needs).
 _DISTRIBUTIONS = {"skimage": "scikit-image", "sklearn": "scikit-learn", "cv2": "opencv-python", "PIL": "pillow",
                   "yaml": "pyyaml"}
 
+#: Import names that an extra of cartocell-bmz installs (pyproject.toml), with what it pins.
+#: Each extra has its constraints file, constraints-<extra>.txt, beside constraints.txt.
+_EXTRAS = {"torchvision": ("biapy", "torch 2.14.1 with the torchvision 0.29.1 built for it")}
 
-def _torchvision_install() -> str:
-    """The command that installs the torchvision release made for the installed torch."""
-    from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        torch_version = version("torch")
-    except PackageNotFoundError:  # pragma: no cover - cartocell-bmz needs torch
-        return "pip install torchvision (the release made for your torch)"
-    major, minor = (int(x) for x in torch_version.split("+")[0].split(".")[:2])
-    command = f"pip install 'torchvision=={major - 2}.{minor + 15}.*'" if major == 2 else "pip install torchvision"
-    local = torch_version.partition("+")[2]
-    where = (f" from the same package index as your {local} torch build {torch_version} (the default index's "
-             "torchvision wheels are built for the CUDA torch)") if local else ""
-    return f"{command}{where}"
+def _install_command(name: str) -> str:
+    """The command that installs the module imported as ``name``."""
+    if name in _EXTRAS:
+        extra, brings = _EXTRAS[name]
+        return f"in the cartocell-bmz folder, pip install -c constraints-{extra}.txt -e '.[{extra}]' ({brings})"
+    return f"pip install '{_DISTRIBUTIONS.get(name, name)}'"
 
 
 def check_architecture_hash(model: Any) -> None:
