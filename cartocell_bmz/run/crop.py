@@ -16,13 +16,13 @@ and works in memory bounded by blocks and cysts, not by the stack:
    the shared :class:`~cartocell_bmz.run.predictor.Predictor`; the context is
    dropped, so a block's probabilities are the whole stack's within the
    predictor's edge tolerance;
-4. each block's M and B masks go to a uint8 scratch file (bit 0: M above the
-   threshold, bit 1: B above it), removed afterwards;
+4. each block's M and C masks go to a uint8 scratch file (bit 0: M above the
+   threshold, bit 1: C above it), removed afterwards;
 5. the connected M regions are labelled slab by slab
    (:func:`~cartocell_bmz.core.components.component_boxes`); each region is read
-   back alone (its box) and classified (:func:`~cartocell_bmz.core.cysts.classify_region`,
-   the cells for the layer test are the connected B bodies, grown to fill
-   the region).
+   back alone (its box) and classified (:func:`~cartocell_bmz.core.cysts.classify_region`;
+   the layer test counts the C contours that rays from the lumen cross in the
+   wall, :func:`~cartocell_bmz.core.cysts.single_layer_rays`).
 
 :func:`candidates_from_probabilities` runs steps 4-5 on probabilities in memory
 (tests, notebooks); both give what :func:`~cartocell_bmz.core.cysts.find_cysts`
@@ -32,6 +32,7 @@ gives on the whole masks.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import warnings
@@ -56,8 +57,8 @@ CANDIDATE_COLUMNS: tuple[str, ...] = (
     "stack", "candidate", "z0", "y0", "x0", "z1", "y1", "x1", "volume_um3", "lumens", "layer_fraction",
     "kept", "reason", "crop",
 )
-#: Bits of the scratch mask: M above the threshold, B above it.
-M_BIT, B_BIT = 1, 2
+#: Bits of the scratch mask: M above the threshold, C above it.
+M_BIT, C_BIT = 1, 2
 #: Voxels of one slab read for the statistics and for labelling the mask (an int32 label slab of 16 MiB).
 SLAB_VOXELS = 1 << 22
 
@@ -99,14 +100,22 @@ def crop_stacks(
     batch_size: int = 1,
     device: str = "auto",
     trust: bool = False,
+    overwrite: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[dict]:
     """Find the cysts of whole stacks and crop the kept ones into ``OUT/x/``.
 
+    Each stack's crops are written first, then its record ``OUT/stacks/NAME.json`` (its
+    candidate rows, the settings and the stack's size and time), atomically: a stack whose
+    record matches and whose crops all exist is finished, and a rerun skips it.
+
     Parameters
     ----------
     model : str, path-like or Predictor
-        A model (see :class:`~cartocell_bmz.run.predictor.Predictor`) or a loaded predictor.
+        A model (see :class:`~cartocell_bmz.run.predictor.Predictor`) or a loaded predictor
+        (which runs in this process).
     stacks : sequence of path-like
         TIFF stacks ``(Z, Y, X)``; every one is checked before anything is written.
     out : path-like
@@ -117,8 +126,16 @@ def crop_stacks(
         Voxel size of every stack (default: each file's; required when a file has none).
     weights, tile, batch_size, device, trust :
         See :class:`~cartocell_bmz.run.predictor.Predictor`.
+    overwrite : bool
+        Crop finished stacks again.
+    scheduler : str, optional
+        Where the stacks run (:mod:`cartocell_bmz.engine.plan`): ``"auto"`` (default) a local
+        Dask cluster when more than one stack is to crop, else this process; ``"local"``,
+        ``"sync"`` or the address of an existing cluster. One worker crops one stack.
+    workers : int, optional
+        Worker processes of the local cluster.
     progress : callable, optional
-        ``progress(stacks_done, stacks_total, message)``, blocks as sub-steps.
+        ``progress(stacks_done, stacks_total, message)``, blocks as sub-steps in this process.
 
     Returns
     -------
@@ -130,31 +147,33 @@ def crop_stacks(
     InputError
         A stack is missing, not 3D, not numbers, or has no voxel size (and none given).
     """
+    from cartocell_bmz.engine.plan import choose_scheduler
     from cartocell_bmz.io.stacks import open_stack
     from cartocell_bmz.io.volumes import atomic_open, ensure_output_dir
     from cartocell_bmz.run.predictor import Predictor
 
     settings = settings or CropSettings()
     paths = [Path(p) for p in stacks]
-    opened = []
-    try:
-        for p in paths:
-            opened.append(open_stack(p, spacing))
+    for p in paths:  # every stack is checked before anything is written
+        open_stack(p, spacing).close()
+    out = ensure_output_dir(out)
+    job = _CropJob(out=out, settings=settings, spacing=None if spacing is None else tuple(spacing),
+                   weights=weights, tile=None if tile is None else tuple(tile), batch_size=batch_size, device=device)
+    records = {p: None if overwrite else finished_stack(out, p, settings, spacing) for p in paths}
+    todo = [p for p in paths if records[p] is None]
+    mode = "sync" if isinstance(model, Predictor) else choose_scheduler(scheduler, workers, len(todo))
+    if mode == "sync":
         # a given Predictor stays open for its owner; one made here is closed here
-        loaded = nullcontext(model) if isinstance(model, Predictor) else Predictor(
+        loaded = nullcontext(model) if isinstance(model, Predictor) or not todo else Predictor(
             model, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=trust)
-        out = ensure_output_dir(out)
-        rows: list[dict] = []
         with loaded as predictor:
-            report(progress, 0, len(paths), "stacks")
-            for i, stack in enumerate(opened):
-                found = stack_candidates(predictor, stack, out, settings, nested(progress, i, len(paths),
-                                                                                 stack.path.name))
-                rows.extend(_write_crops(stack, found, out, settings))
-                report(progress, i + 1, len(paths), stack.path.name)
-    finally:
-        for s in opened:
-            s.close()
+            report(progress, 0, len(todo), "stacks")
+            for i, p in enumerate(todo):
+                records[p] = job.crop(predictor, p, nested(progress, i, len(todo), p.name))
+                report(progress, i + 1, len(todo), p.name)
+    else:
+        records.update(zip(todo, _crop_on_cluster(model, todo, job, mode, workers, trust, progress)))
+    rows = [row for p in paths for row in records[p]]
     with atomic_open(out / CANDIDATES_CSV, newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(CANDIDATE_COLUMNS))
         writer.writeheader()
@@ -191,7 +210,7 @@ def stack_candidates(predictor: Any, stack: Any, scratch_dir: str | os.PathLike,
 
 def predict_mask(predictor: Any, stack: Any, code: Any, settings: CropSettings,
                  progress: ProgressCallback | None = None) -> None:
-    """Fill ``code`` (``(Z, Y, X)`` uint8, box writes) with the M and B bits of ``stack``, block by block."""
+    """Fill ``code`` (``(Z, Y, X)`` uint8, box writes) with the M and C bits of ``stack``, block by block."""
     from cartocell_bmz.core.normalize import apply_zero_mean_unit_variance, chunked_mean_std
 
     shape = tuple(stack.shape)
@@ -213,7 +232,7 @@ def predict_mask(predictor: Any, stack: Any, code: Any, settings: CropSettings,
     total = math.prod(len(r) for r in starts)
     done = 0
     report(progress, 0, total, "blocks")
-    m, b = CHANNELS.index("M"), CHANNELS.index("B")
+    m, c = CHANNELS.index("M"), CHANNELS.index("C")
     for z in starts[0]:
         for y in starts[1]:
             for x in starts[2]:
@@ -226,7 +245,7 @@ def predict_mask(predictor: Any, stack: Any, code: Any, settings: CropSettings,
                 probs = predictor.predict_normalized(norm)
                 inner = tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, read))
                 bits = (probs[(m, *inner)] > settings.threshold).astype(np.uint8) * M_BIT
-                bits |= (probs[(b, *inner)] > settings.threshold).astype(np.uint8) * B_BIT
+                bits |= (probs[(c, *inner)] > settings.threshold).astype(np.uint8) * C_BIT
                 code[core] = bits
                 done += 1
                 report(progress, done, total, "blocks")
@@ -268,7 +287,7 @@ def block_context(predictor: Any, block: Sequence[int], shape: Sequence[int]) ->
 def candidates_from_probabilities(
     probs: np.ndarray, spacing: Sequence[float], settings: CropSettings | None = None,
 ) -> list[Candidate]:
-    """Cyst candidates of ``(3, Z, Y, X)`` probabilities (B, C, M): the M mask, cells from the B bodies.
+    """Cyst candidates of ``(3, Z, Y, X)`` probabilities (B, C, M): the M mask and the C contours.
 
     Parameters
     ----------
@@ -285,19 +304,19 @@ def candidates_from_probabilities(
     """
     settings = settings or CropSettings()
     code = (probs[CHANNELS.index("M")] > settings.threshold).astype(np.uint8) * M_BIT
-    code |= (probs[CHANNELS.index("B")] > settings.threshold).astype(np.uint8) * B_BIT
+    code |= (probs[CHANNELS.index("C")] > settings.threshold).astype(np.uint8) * C_BIT
     return candidates_from_code(code, spacing, settings)
 
 
 def candidates_from_code(code: Any, spacing: Sequence[float], settings: CropSettings | None = None) -> list[Candidate]:
-    """Cyst candidates of a ``(Z, Y, X)`` uint8 mask of M and B bits, read by slabs and boxes.
+    """Cyst candidates of a ``(Z, Y, X)`` uint8 mask of M and C bits, read by slabs and boxes.
 
     Parameters
     ----------
     code : array-like
         ``code[z0:z1, y0:y1, x0:x1]`` gives uint8 arrays (a numpy array or a
         :class:`~cartocell_bmz.io.stacks.ScratchVolume`); bit :data:`M_BIT` the
-        cellular mask, bit :data:`B_BIT` the cell bodies.
+        cellular mask, bit :data:`C_BIT` the cell contours.
     spacing : sequence of 3 floats
         Voxel size in µm.
     settings : CropSettings, optional
@@ -306,7 +325,7 @@ def candidates_from_code(code: Any, spacing: Sequence[float], settings: CropSett
     -------
     list of Candidate
         Sorted by box; equal to :func:`~cartocell_bmz.core.cysts.find_cysts` of the
-        whole M mask with the connected B bodies, grown to fill it, as cells.
+        whole M mask with the C bit as its contours.
     """
     from scipy import ndimage as ndi
 
@@ -332,24 +351,12 @@ def candidates_from_code(code: Any, spacing: Sequence[float], settings: CropSett
         bits = np.asarray(code[pad])
         inside, _ = ndi.label(bits & M_BIT)
         region = inside == inside[tuple(p - s.start for p, s in zip(comp.seed, pad))]
-        cells = _cells(region, bits & B_BIT > 0)
         out.extend(classify_region(
-            region, origin=tuple(s.start for s in pad), shape=shape, spacing=spacing, cells=cells,
+            region, origin=tuple(s.start for s in pad), shape=shape, spacing=spacing, contours=bits & C_BIT > 0,
             others=(inside > 0) & ~region if settings.touch_gap > 0 else None,
             rules=CystRules(min_volume=settings.min_volume, min_lumen=settings.min_lumen, touch_gap=settings.touch_gap),
         ))
     return sorted(out, key=lambda c: c.box)
-
-
-def _cells(region: np.ndarray, bodies: np.ndarray) -> np.ndarray:
-    """Cells of a region: its connected B bodies, grown to fill it (each voxel to its nearest body)."""
-    from scipy import ndimage as ndi
-
-    seeds, n = ndi.label(region & bodies)
-    if n == 0:
-        return seeds
-    _, idx = ndi.distance_transform_edt(seeds == 0, return_indices=True)
-    return np.where(region, seeds[tuple(idx)], 0)
 
 
 def _write_crops(stack: Any, found: list[Candidate], out: Path, settings: CropSettings) -> list[dict]:
@@ -371,5 +378,103 @@ def _write_crops(stack: Any, found: list[Candidate], out: Path, settings: CropSe
     return rows
 
 
+# --------------------------------------------------------------------------- stacks one by one, resumable
+
+
+#: Folder (in OUT) of the per-stack records: a stack's candidate rows, written after its crops.
+STACKS_DIR = "stacks"
+
+
+def stack_record_path(out: str | os.PathLike, stack: str | os.PathLike) -> Path:
+    """``OUT/stacks/NAME.json``: the record of one cropped stack."""
+    return Path(out) / STACKS_DIR / (Path(stack).name + ".json")
+
+
+def _record_key(stack: Path, settings: CropSettings, spacing: Sequence[float] | None) -> dict:
+    """What a finished stack's record must match: the stack file and the crop settings."""
+    from dataclasses import asdict
+
+    stat = stack.stat()
+    return json.loads(json.dumps({"stack": stack.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                  "settings": asdict(settings), "spacing": None if spacing is None else list(spacing)}))
+
+
+def finished_stack(out: str | os.PathLike, stack: str | os.PathLike, settings: CropSettings,
+                   spacing: Sequence[float] | None = None) -> list[dict] | None:
+    """The candidate rows of a stack cropped before with the same settings, ``None`` when it is not finished.
+
+    Finished: its record exists, names the same stack file (size, modification time) and
+    settings, and every crop it lists exists.
+    """
+    path = stack_record_path(out, stack)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("key") != _record_key(Path(stack), settings, spacing):
+        return None
+    rows = record.get("rows")
+    if not isinstance(rows, list) or not all((Path(out) / r["crop"]).is_file() for r in rows if r.get("crop")):
+        return None
+    return rows
+
+
+@dataclass(frozen=True)
+class _CropJob:
+    """Everything a worker needs to crop one stack (small to send)."""
+
+    out: Path
+    settings: CropSettings
+    spacing: tuple | None
+    weights: str | None
+    tile: tuple | None
+    batch_size: int
+    device: str
+
+    def crop(self, predictor: Any, path: Path, progress: ProgressCallback | None = None) -> list[dict]:
+        """Crop one stack, write its record last; its candidate rows (as read back from the record)."""
+        from cartocell_bmz.io.stacks import open_stack
+        from cartocell_bmz.io.volumes import atomic_open
+
+        record_path = stack_record_path(self.out, path)
+        record_path.unlink(missing_ok=True)  # from other settings: not finished until rewritten
+        with open_stack(path, self.spacing) as stack:
+            found = stack_candidates(predictor, stack, self.out, self.settings, progress)
+            rows = _write_crops(stack, found, self.out, self.settings)
+        rows = json.loads(json.dumps(rows, default=lambda v: v.item()))  # plain numbers, as a rerun reads them
+        with atomic_open(record_path) as fh:
+            json.dump({"key": _record_key(path, self.settings, self.spacing), "rows": rows}, fh, indent=1)
+        return rows
+
+    def crop_in_worker(self, model: Any, path: Path) -> list[dict]:
+        """:meth:`crop` with this worker's copy of the model (loaded on its first stack)."""
+        from cartocell_bmz.run.batch import loaded_predictor
+
+        predictor = loaded_predictor(model, weights=self.weights, tile=self.tile, batch_size=self.batch_size,
+                                     device=self.device, trust=True)
+        return self.crop(predictor, path)
+
+
+def _crop_on_cluster(model: Any, todo: list[Path], job: _CropJob, scheduler: str, workers: int | None, trust: bool,
+                     progress: ProgressCallback | None) -> list[list[dict]]:
+    """Crop the stacks on the engine's workers, one stack per task; their rows in the order of ``todo``."""
+    import functools
+    from dataclasses import replace
+
+    from cartocell_bmz.bmz.resolve import resolve_model
+    from cartocell_bmz.engine.cluster import map_tasks
+    from cartocell_bmz.engine.plan import available_memory_gb, plan_workers
+    from cartocell_bmz.run.device import resolve_device
+    from cartocell_bmz.train.run import is_training_run
+
+    if not (isinstance(model, (str, os.PathLike)) and is_training_run(model)):
+        model = resolve_model(model, trust=trust)  # the notice shown once, here
+    job = replace(job, device=str(resolve_device(job.device)))
+    plan = plan_workers(scheduler, len(todo), workers=workers, device=job.device, memory_gb=available_memory_gb())
+    return map_tasks(functools.partial(job.crop_in_worker, model), todo, plan, title="stacks",
+                     describe=lambda p: p.name, progress=progress)
+
+
 __all__ = ["CANDIDATES_CSV", "CANDIDATE_COLUMNS", "CropSettings", "crop_stacks", "stack_candidates", "predict_mask",
-           "normalization_eps", "block_context", "candidates_from_probabilities", "candidates_from_code"]
+           "normalization_eps", "block_context", "candidates_from_probabilities", "candidates_from_code",
+           "STACKS_DIR", "finished_stack", "stack_record_path"]

@@ -12,7 +12,7 @@ from cartocell_bmz.core.cysts import find_cysts
 from cartocell_bmz.core.stack_phantoms import KINDS, box_iou, make_stack
 from cartocell_bmz.core.targets import make_targets
 from cartocell_bmz.run.crop import (
-    CANDIDATES_CSV, CropSettings, candidates_from_code, candidates_from_probabilities, crop_stacks,
+    C_BIT, CANDIDATES_CSV, M_BIT, CropSettings, candidates_from_code, candidates_from_probabilities, crop_stacks,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,13 +55,15 @@ def test_code_read_by_boxes_equals_find_cysts_on_the_whole_mask(stacks):
     """The slab-wise components and per-box classification give find_cysts' answer, touch gap included."""
     s = stacks[0]
     mask = s.labels > 0
-    code = mask.astype(np.uint8) | (mask.astype(np.uint8) * 2)
+    contours = make_targets(s.labels)[1] > 0.5
+    code = mask.astype(np.uint8) * M_BIT | contours.astype(np.uint8) * C_BIT
     for gap in (0.0, 2.0):
         settings = CropSettings(touch_gap=gap)
         lazy = candidates_from_code(code, s.spacing, settings)
-        whole = find_cysts(mask, spacing=s.spacing, cells=None, touch_gap=gap)
-        assert [(c.box, c.volume_um3, c.lumens, c.reason) for c in lazy] == [
-            (c.box, c.volume_um3, c.lumens, c.reason) for c in whole]
+        whole = find_cysts(mask, spacing=s.spacing, contours=contours, touch_gap=gap)
+        def key(c):
+            return c.box, c.volume_um3, c.lumens, None if np.isnan(c.layer_fraction) else c.layer_fraction, c.reason
+        assert [key(c) for c in lazy] == [key(c) for c in whole]
     assert {c.reason for c in candidates_from_code(code, s.spacing, CropSettings(touch_gap=50.0))} <= {
         "cut by the stack border", "too small", "touching another cyst"}
 
@@ -70,7 +72,7 @@ def test_blocks_give_the_whole_prediction(tmp_path):
     """Blocks with the model's edge margin as context: the masks of one whole tiled prediction, to a few voxels."""
     from cartocell_bmz.io.stacks import ScratchVolume, open_stack
     from cartocell_bmz.io.volumes import write_volume
-    from cartocell_bmz.run.crop import M_BIT, predict_mask
+    from cartocell_bmz.run.crop import predict_mask
     from cartocell_bmz.run.predictor import Predictor
 
     s = make_stack((18, 56, 64), cyst_shape=(14, 36, 36), mix={"single": 1}, seed=3)
@@ -96,12 +98,10 @@ def test_packaged_model_keeps_single_cysts_and_rejects_the_others(tmp_path):
     found: dict = {}
     for r in rows:
         found.setdefault(r["stack"], []).append(_Found(r))
-    kept, right, n_single, n_other = score(truth, found, skip=("two_layers",))
-    assert len(truth) >= 20
+    kept, right, n_single, n_other = score(truth, found)
+    assert len(truth) >= 20 and n_other >= 10
     assert kept >= 0.95, kept  # measured 12/12
-    assert right >= 0.9, right  # measured 15/15
-    # synthetic-unet does not part the two layers of a thick wall in its B bodies (C dips to 0.65 only
-    # between them): measured 0/3 two-layer cysts rejected as "several layers" (kept or "several lumens")
+    assert right >= 0.9, right  # measured 17/18 (one two-layer cyst read as "several lumens")
     layers = [t for t in truth if t.kind == "two_layers"]
     assert len(layers) == 3
     for r in rows:
