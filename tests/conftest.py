@@ -9,6 +9,9 @@ import pytest
 
 # Tests must never reach the network; bioimageio honours this for its downloads.
 os.environ.setdefault("BIOIMAGEIO_OFFLINE", "1")
+# Batch commands default to a local Dask cluster for several volumes; a cluster start costs
+# seconds, so tests run in this process unless they ask for a scheduler (tests/engine/).
+os.environ.setdefault("CARTOCELL_BMZ_SCHEDULER", "sync")
 
 
 

@@ -26,14 +26,15 @@ MAX_FUNCTION_LINES = 130
 ARROWS: dict[str, set[str]] = {
     "core": set(),
     "io": {"core"},
+    "engine": {"core", "io"},
     "networks": set(),
     "train": {"core", "io", "networks", "run"},
     "bmz": {"core", "io", "networks", "train", "run"},
-    "run": {"core", "io", "networks", "train", "bmz"},
-    "measure": {"core", "io"},
-    "phases": {"core", "io", "networks", "train", "bmz", "run"},
-    "bench": {"core", "io", "bmz", "run", "measure"},
-    "cli": {"core", "io", "networks", "train", "bmz", "run", "measure", "phases", "bench"},
+    "run": {"core", "io", "engine", "networks", "train", "bmz"},
+    "measure": {"core", "io", "engine"},
+    "phases": {"core", "io", "engine", "networks", "train", "bmz", "run"},
+    "bench": {"core", "io", "engine", "bmz", "run", "measure"},
+    "cli": {"core", "io", "engine", "networks", "train", "bmz", "run", "measure", "phases", "bench"},
 }
 BASE = {"errors", "layout", "__init__", "__main__"}
 

@@ -162,6 +162,8 @@ def measure_files(
     window: int = DEFAULT_WINDOW,
     overwrite: bool = False,
     plots: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> MeasureTables:
     """Measure label TIFFs (files, folders or glob patterns); write the tables to ``out``.
@@ -183,8 +185,14 @@ def measure_files(
         Measure every cyst again even when ``out/per_cyst`` holds it.
     plots : bool
         Write the PNG figures.
+    scheduler : str, optional
+        Where the cysts are measured (:mod:`cartocell_bmz.engine.plan`): ``"auto"`` (default)
+        a local Dask cluster when more than one cyst is to measure, else this process;
+        ``"local"``, ``"sync"`` or the address of an existing cluster. The tables are the same.
+    workers : int, optional
+        Worker processes of the local cluster.
     progress : callable, optional
-        ``progress(done, total, message)`` over the cysts.
+        ``progress(done, total, message)`` over the cysts (measured ones only on a cluster).
 
     Returns
     -------
@@ -198,36 +206,71 @@ def measure_files(
         Bad spacing, threshold, window or group pattern.
     """
     from cartocell_bmz.core.spacing import check_spacing
-    from cartocell_bmz.io.volumes import ensure_output_dir, read_volume, resolve_inputs
+    from cartocell_bmz.engine.plan import choose_scheduler
+    from cartocell_bmz.io.volumes import ensure_output_dir, resolve_inputs
 
     files = _input_files(inputs, resolve_inputs)
     fixed = check_spacing(spacing, name="--spacing") if spacing is not None else None
     groups = {stem: group_of(stem, group) for stem in files}
     params = {"contact_threshold": float(contact_threshold), "window": int(window)}
     cache = ensure_output_dir(Path(out) / PER_CYST_DIR) if out is not None else None
+    jobs = [_MeasureJob(stem, path, fixed, params, None if cache is None else cache / f"{stem}.npz")
+            for stem, path in files.items()]
+    found = {} if overwrite else {j.stem: _read_cached(j.cache, j.signature()) for j in jobs if j.cache is not None}
+    todo = [j for j in jobs if found.get(j.stem) is None]
+    mode = choose_scheduler(scheduler, workers, len(todo))
+    if mode == "sync":
+        measured = {}
+        for _, job in steps(jobs, progress, describe=lambda j: j.stem, finished="measured"):
+            measured[job.stem] = found.get(job.stem) or _measure_job(job)
+    else:
+        from cartocell_bmz.engine.cluster import map_tasks
+        from cartocell_bmz.engine.plan import available_memory_gb, plan_workers
+
+        plan = plan_workers(mode, len(todo), workers=workers, memory_gb=available_memory_gb())
+        done = map_tasks(_measure_job, todo, plan, title="measured", describe=lambda j: j.stem, progress=progress)
+        measured = {**found, **{j.stem: got for j, got in zip(todo, done)}}
     parts, slices, used = [], {}, {}
-    for _, (stem, path) in steps(list(files.items()), progress, describe=lambda kv: kv[0], finished="measured"):
-        signature = _signature(path, fixed, params)
-        got = None if (cache is None or overwrite) else _read_cached(cache / f"{stem}.npz", signature)
-        if got is None:
-            vol = read_volume(path, "labels")
-            vox = fixed or vol.spacing
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", CartoCellWarning)
-                m = measure_cyst(vol.data, vox, **params)
-            for w in caught:  # the same notices, naming the cyst
-                warnings.warn(f"{path.name}: {w.message}", w.category, stacklevel=2)
-            got = (m, _mid_slice(vol.data))
-            if cache is not None:
-                _write_cached(cache / f"{stem}.npz", {**signature, "spacing": list(vox)}, *got)
-            del vol
-        m, slices[stem] = got
-        used[stem] = m.params["spacing"]
-        parts.append(tables_of(m, stem, groups[stem]))
+    for job in jobs:
+        m, slices[job.stem], notices = measured[job.stem]
+        for message, category in notices:  # the same notices, naming the cyst
+            warnings.warn(f"{job.path.name}: {message}", category, stacklevel=2)
+        used[job.stem] = m.params["spacing"]
+        parts.append(tables_of(m, job.stem, groups[job.stem]))
     tables = concat(parts)
     if out is not None:
         _write_outputs(Path(out), tables, slices, files, used, params, group, plots)
     return tables
+
+
+@dataclass(frozen=True)
+class _MeasureJob:
+    """One cyst to measure (small: what a worker needs)."""
+
+    stem: str
+    path: Path
+    fixed: tuple | None
+    params: dict
+    cache: Path | None
+
+    def signature(self) -> dict:
+        return _signature(self.path, self.fixed, self.params)
+
+
+def _measure_job(job: _MeasureJob) -> tuple[CystMeasures, np.ndarray, list]:
+    """Measure one cyst and write its ``per_cyst`` file (a worker's task); measures, mid slice, notices."""
+    from cartocell_bmz.io.volumes import read_volume
+
+    signature = job.signature()
+    vol = read_volume(job.path, "labels")
+    vox = job.fixed or vol.spacing
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CartoCellWarning)
+        m = measure_cyst(vol.data, vox, **job.params)
+    got = (m, _mid_slice(vol.data))
+    if job.cache is not None:
+        _write_cached(job.cache, {**signature, "spacing": list(vox)}, *got)
+    return (*got, [(str(w.message), w.category) for w in caught])
 
 
 def read_tables(out: str | os.PathLike) -> MeasureTables:
@@ -355,7 +398,7 @@ def _read_cached(path: Path, signature: dict):
             mid = data["mid_slice"]
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         return None
-    return CystMeasures(cells=cells, neighbours=pairs, cyst=meta["cyst"], params=meta["params"]), mid
+    return CystMeasures(cells=cells, neighbours=pairs, cyst=meta["cyst"], params=meta["params"]), mid, []
 
 
 def _write_outputs(out: Path, tables: MeasureTables, slices, files, used, params, group, plots: bool) -> None:

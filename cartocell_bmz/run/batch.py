@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cartocell_bmz.engine.plan import choose_scheduler
 from cartocell_bmz.errors import InputError
 from cartocell_bmz.io.outputs import (
     PREDICT_SUMMARY_JSON, count_cells, is_finished, output_paths, write_cells, write_probabilities,
@@ -131,7 +132,15 @@ class PredictSummary:
 _LOADED: dict[tuple, Any] = {}
 
 
-def _predictor(model: Any, *, weights, tile, batch_size, device, trust):
+def loaded_predictor(model: Any, *, weights: str | None = None, tile: Sequence[int] | None = None,
+                     batch_size: int = 1, device: str = "auto", trust: bool = False) -> Any:
+    """The :class:`~cartocell_bmz.run.predictor.Predictor` of ``model``, loaded once per process.
+
+    A worker of the engine (:mod:`cartocell_bmz.engine.cluster`) keeps its model for the next
+    volume: the predictor is cached by the model's location and content digest, the weight
+    format, tile, batch size and device. A different model closes the one held before (one
+    model in memory per process). A given ``Predictor`` is returned as it is.
+    """
     from cartocell_bmz.bmz.resolve import resolve_model
     from cartocell_bmz.run.predictor import Predictor
     from cartocell_bmz.train.run import fingerprint, is_training_run
@@ -232,7 +241,8 @@ def predict_one(
             probs = None  # unreadable leftover: recompute
     if probs is None:
         volume = read_volume(image_path, "image")
-        predictor = _predictor(model, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=trust)
+        predictor = loaded_predictor(model, weights=weights, tile=tile, batch_size=batch_size, device=device,
+                                         trust=trust)
         tiles = None if progress is None else (lambda done, total, message="": progress(done, total, "tiles"))
         probs = predictor.predict(volume.data, progress=tiles)
         del volume
@@ -286,6 +296,8 @@ def predict_folder(
     device: str = "auto",
     config: Any = None,
     trust: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> PredictSummary:
     """Segment every volume of ``inputs`` into the BiaPy-style tree ``out``.
@@ -304,9 +316,18 @@ def predict_folder(
         Voxel size ``(z, y, x)`` in micrometres for every volume; default each file's.
     float16, overwrite, weights, tile, batch_size, device, config, trust :
         See :func:`predict_one`.
+    scheduler : str, optional
+        Where the volumes run (:mod:`cartocell_bmz.engine.plan`): ``"auto"`` (default, also
+        when ``None`` and ``CARTOCELL_BMZ_SCHEDULER`` is unset) a local Dask cluster when more
+        than one volume is to compute, else this process; ``"local"``, ``"sync"`` or the
+        address of an existing cluster. Each volume is written by one worker, atomically,
+        with the same bytes as in this process.
+    workers : int, optional
+        Worker processes of the local cluster (default: sized to cores, memory and GPUs).
     progress : callable, optional
         ``progress(done, total, message)`` (:mod:`cartocell_bmz.io.progress`): one run over the
-        volumes, the current volume's tiles in the message, then the evaluation's run.
+        volumes (in this process with the current volume's tiles in the message), then the
+        evaluation's run.
 
     Returns
     -------
@@ -331,23 +352,20 @@ def predict_folder(
         raise InputError(f"{gt}: ground-truth folder not found.")
     out = ensure_output_dir(out)
     todo = [f for f in files if overwrite or not is_finished(out, f.name)]
-    needs_model = [f for f in todo if overwrite or not output_paths(out, f.name).probabilities.is_file()]
+    mode = choose_scheduler(scheduler, workers, len(todo))
     resolved = resolve_model(model, trust=trust)
-    predictor = None
-    if needs_model:
-        predictor = _predictor(resolved, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=True)
     summary = PredictSummary(model=resolved.name, out=str(out))
-    for i, f in steps(files, progress, describe=lambda p: p.name, finished="images"):
-        try:
-            result = predict_one(
-                predictor if predictor is not None else resolved, f, out, overwrite=overwrite, weights=weights,
-                tile=tile, batch_size=batch_size, device=device, spacing=spacing, float16=float16, config=config,
-                trust=True, progress=nested(progress, i, len(files), f.name),
-            )
-        except InputError as exc:  # a bad volume must not cost the others of an unattended run
-            summary.failed.append(str(exc))
-        else:
+    options = dict(overwrite=overwrite, weights=weights, tile=tile, batch_size=batch_size, device=device,
+                   spacing=spacing, float16=float16, config=config, trust=True)
+    if mode == "sync":
+        results = _predict_here(resolved, files, todo, out, options, progress)
+    else:
+        results = _predict_on_cluster(resolved, files, todo, out, options, mode, workers, progress)
+    for result in results:
+        if isinstance(result, ImageResult):
             summary.images.append(result)
+        else:  # a bad volume must not cost the others of an unattended run
+            summary.failed.append(result)
     if gt is not None and not summary.failed:
         from cartocell_bmz.run.evaluate import evaluate_folder
 
@@ -367,6 +385,45 @@ def predict_folder(
             f"{'them' if n_bad > 1 else 'it'} (finished volumes are skipped){listed}: {summary.failed[0]}"
         )
     return summary
+
+
+def _predict_or_fail(model: Any, image_path: Path, out: Path, options: dict,
+                     progress: ProgressCallback | None = None) -> ImageResult | str:
+    """:func:`predict_one`, or the one-line message of an unusable volume (a worker's task)."""
+    try:
+        return predict_one(model, image_path, out, progress=progress, **options)
+    except InputError as exc:
+        return str(exc)
+
+
+def _predict_here(resolved: Any, files: list[Path], todo: list[Path], out: Path, options: dict,
+                  progress: ProgressCallback | None) -> list[ImageResult | str]:
+    """Every volume in this process, one after the other, the model loaded once."""
+    needs_model = [f for f in todo if options["overwrite"] or not output_paths(out, f.name).probabilities.is_file()]
+    model = resolved
+    if needs_model:
+        model = loaded_predictor(resolved, weights=options["weights"], tile=options["tile"],
+                                 batch_size=options["batch_size"], device=options["device"], trust=True)
+    return [_predict_or_fail(model, f, out, options, nested(progress, i, len(files), f.name))
+            for i, f in steps(files, progress, describe=lambda p: p.name, finished="images")]
+
+
+def _predict_on_cluster(resolved: Any, files: list[Path], todo: list[Path], out: Path, options: dict,
+                        scheduler: str, workers: int | None,
+                        progress: ProgressCallback | None) -> list[ImageResult | str]:
+    """The volumes to compute on the engine's workers (each loads the model once); the finished ones here."""
+    import functools
+
+    from cartocell_bmz.engine.cluster import map_tasks
+    from cartocell_bmz.engine.plan import available_memory_gb, plan_workers
+    from cartocell_bmz.run.device import resolve_device
+
+    device = str(resolve_device(options["device"]))  # a device not here fails now, in the client
+    plan = plan_workers(scheduler, len(todo), workers=workers, device=device, memory_gb=available_memory_gb())
+    task = functools.partial(_predict_or_fail, resolved, out=out, options={**options, "device": device})
+    computed = dict(zip(todo, map_tasks(task, todo, plan, title="images", describe=lambda p: p.name,
+                                        progress=progress)))
+    return [computed[f] if f in computed else _predict_or_fail(resolved, f, out, options) for f in files]
 
 
 # --------------------------------------------------------------------------- post-processing a folder

@@ -10,6 +10,7 @@ from bench_fakes import FAKE_TASK, fake_models, trusting_resolver
 from cartocell_bmz.bench import benchmark as bm
 from cartocell_bmz.bench import scheduling as bs
 from cartocell_bmz.bench import tasks as bt
+from cartocell_bmz.engine import cluster as engine_cluster
 from cartocell_bmz.errors import ConfigError
 
 
@@ -42,7 +43,7 @@ def test_default_local_cluster_runs_and_reports_workers(test_set, tmp_path):
 
 
 def test_unreachable_scheduler_is_one_line(test_set, tmp_path, monkeypatch):
-    monkeypatch.setattr(bs, "CONNECT_TIMEOUT", "1s")
+    monkeypatch.setattr(engine_cluster, "CONNECT_TIMEOUT", "1s")
     with pytest.raises(ConfigError, match="cannot reach the Dask scheduler"):
         bm.run_benchmark(fake_models("perfect"), test_set, tmp_path / "o", scheduler="tcp://127.0.0.1:9",
                          task_fn=FAKE_TASK)

@@ -8,6 +8,7 @@ from typing import List, Optional, Tuple
 import typer
 
 from cartocell_bmz.core.cysts import MIN_LUMEN_UM3, MIN_VOLUME_UM3, TOUCH_GAP_UM
+from cartocell_bmz.engine.plan import SCHEDULER_HELP, WORKERS_HELP
 
 
 def command(
@@ -32,6 +33,9 @@ def command(
     tile: Optional[Tuple[int, int, int]] = typer.Option(
         None, "--tile", help="Tile Z Y X for models with parameterised sizes (fixed-size models use theirs)."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Tiles per forward pass."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Crop finished stacks again."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     trust: bool = typer.Option(
         False, "--trust", help="Do not show the notice about the code a package from outside model_packages/ runs."),
 ) -> None:
@@ -44,7 +48,8 @@ def command(
     OUT/candidates.csv (every candidate: stack, box z0 y0 x0 z1 y1 x1, volume,
     lumens, layer fraction, kept or the reason it is rejected). Stacks are read
     lazily and predicted in blocks, so memory is bounded by the blocks and the
-    cysts, not by the stack.
+    cysts, not by the stack. Each stack's candidates go to OUT/stacks/STACK.json
+    after its crops: a rerun skips the stacks finished with the same settings.
     """
     from collections import Counter
 
@@ -59,7 +64,8 @@ def command(
     with RichProgress() as progress:
         rows = crop_stacks(model, stacks, out, settings=settings, spacing=tuple(spacing) if spacing else None,
                            weights=weights, tile=tuple(tile) if tile else None, batch_size=batch_size,
-                           device=device, trust=trust, progress=progress)
+                           device=device, trust=trust, overwrite=overwrite, scheduler=scheduler, workers=workers,
+                           progress=progress)
     reasons = Counter(r["reason"] for r in rows if not r["kept"])
     kept = sum(1 for r in rows if r["kept"])
     rejected = ", ".join(f"{k}: {v}" for k, v in reasons.most_common())

@@ -8,6 +8,7 @@ from typing import List, Optional, Tuple
 import typer
 
 from cartocell_bmz.core.morphology import DEFAULT_CONTACT_THRESHOLD
+from cartocell_bmz.engine.plan import SCHEDULER_HELP, WORKERS_HELP
 
 
 def command(
@@ -27,6 +28,8 @@ def command(
     ),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the PNG figures."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Measure again the cysts already measured in OUT."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """Measure every cell of segmented cysts: volume, areas, height, neighbours, scutoids, shape.
 
@@ -38,7 +41,7 @@ def command(
     with RichProgress(transient=True) as progress:
         tables = measure_files(
             labels, out, spacing=spacing, group=group, contact_threshold=contact_threshold,
-            overwrite=overwrite, plots=plots, progress=progress,
+            overwrite=overwrite, plots=plots, scheduler=scheduler, workers=workers, progress=progress,
         )
     _print_summary(tables.cysts, out, grouped=group is not None)
 

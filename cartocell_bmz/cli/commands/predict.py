@@ -7,6 +7,8 @@ from typing import List, Optional, Tuple
 
 import typer
 
+from cartocell_bmz.engine.plan import SCHEDULER_HELP, WORKERS_HELP
+
 
 def command(
     inputs: List[str] = typer.Argument(..., help="TIFF volume(s), folder(s) or glob pattern(s) (quote globs)."),
@@ -35,6 +37,8 @@ def command(
                                  "OUT/measure/: cells.csv, neighbours.csv, cysts.csv and plots, as "
                                  "`cartocell-bmz measure` (cysts measured before from the same file are read back)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute finished outputs too."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
     trust: bool = typer.Option(
         False, "--trust", help="Do not show the notice about the code a package from outside model_packages/ runs."),
 ) -> None:
@@ -48,6 +52,9 @@ def command(
     morphology, neighbours, scutoids, in µm; see `cartocell-bmz measure`).
     Volumes already finished in OUT are skipped and cysts already measured are
     read back unless --overwrite, so an interrupted run continues where it stopped.
+    Several volumes run on a local Dask cluster (--scheduler), each written by one
+    worker with the bytes of a run in one process; a killed worker loses only
+    the volume it was on.
     """
     from cartocell_bmz.cli.progress import RichProgress
     from cartocell_bmz.errors import OutputError
@@ -63,12 +70,13 @@ def command(
         summary = predict_folder(
             model, inputs, out, gt=gt, spacing=tuple(spacing) if spacing else None, float16=float16,
             overwrite=overwrite, weights=weights, tile=tuple(tile) if tile else None, batch_size=batch_size,
-            device=device, trust=trust, progress=progress,
+            device=device, trust=trust, scheduler=scheduler, workers=workers, progress=progress,
         )
         if measure:
             from cartocell_bmz.measure.api import measure_files
 
-            tables = measure_files([Path(out) / VORONOI_DIR], tables_dir, overwrite=overwrite, progress=progress)
+            tables = measure_files([Path(out) / VORONOI_DIR], tables_dir, overwrite=overwrite, scheduler=scheduler,
+                                   workers=workers, progress=progress)
     typer.echo(str(summary))
     if tables is not None:
         typer.echo(f"measured {len(tables.cysts)} cyst(s), {len(tables.cells)} cells; tables in {tables_dir}: "
