@@ -52,6 +52,7 @@ BIAPY_CITATION: tuple[str, str] = (
 #: File names inside a package.
 WEIGHTS_FILE = "weights_state_dict.pt"
 TORCHSCRIPT_FILE = "weights_torchscript.pt"
+ONNX_FILE = "weights.onnx"
 TEST_INPUT_FILE = "test_input.npy"
 TEST_OUTPUT_FILE = "test_output.npy"
 COVER_FILE = "cover.png"
@@ -67,6 +68,7 @@ __all__ = [
     "DOC_FILE",
     "FORMAT_VERSION",
     "INPUT_ID",
+    "ONNX_FILE",
     "OUTPUT_ID",
     "TEST_INPUT_FILE",
     "TEST_OUTPUT_FILE",

@@ -2,7 +2,7 @@
 
 :func:`describe_model` builds it with bioimageio.spec's own classes, in named
 steps: the input and output tensors (:func:`_input_tensor`, :func:`_output_tensor`),
-the two weight formats (:func:`_weights`), the citations, the training data
+the three weight formats (:func:`_weights`), the citations, the training data
 (:func:`_training_data`) and the tool configuration (:func:`_config`).  Every
 file's sha256 is computed here; the timestamp is the run's (:func:`run_timestamp`),
 so that the same run gives the same description.
@@ -23,6 +23,7 @@ from cartocell_bmz.bmz.contents import (
     COVER_FILE,
     DOC_FILE,
     INPUT_ID,
+    ONNX_FILE,
     OUTPUT_ID,
     TEST_INPUT_FILE,
     TEST_OUTPUT_FILE,
@@ -190,7 +191,7 @@ def _output_tensor(work: Path, sizes: AxisSizes) -> "v0_5.OutputTensorDescr":
 
 
 def _weights(run: TrainingRun, work: Path, arch_file: Path) -> "v0_5.WeightsDescr":
-    """The state dict (with its architecture file) and the TorchScript converted from it."""
+    """The state dict (with its architecture file), and the TorchScript and ONNX converted from it."""
     import torch
     from bioimageio.spec.model import v0_5
 
@@ -208,7 +209,18 @@ def _weights(run: TrainingRun, work: Path, arch_file: Path) -> "v0_5.WeightsDesc
             source=work / TORCHSCRIPT_FILE, sha256=sha256_file(work / TORCHSCRIPT_FILE),
             parent="pytorch_state_dict", pytorch_version=torch_version,
         ),
+        onnx=onnx_entry(work / ONNX_FILE) if (work / ONNX_FILE).is_file() else None,
     )
+
+
+def onnx_entry(path: Path) -> "v0_5.OnnxWeightsDescr":
+    """The ``weights.onnx`` entry of a package: converted from the state dict, its opset read from the file."""
+    from bioimageio.spec.model import v0_5
+
+    from cartocell_bmz.bmz.onnx import inspect_onnx
+
+    return v0_5.OnnxWeightsDescr(source=path, sha256=sha256_file(path), parent="pytorch_state_dict",
+                                 opset_version=inspect_onnx(path).opset)
 
 
 def _training_data(run: TrainingRun, metadata: PackageMetadata) -> Any:
@@ -282,4 +294,4 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-__all__ = ["describe_model", "run_timestamp"]
+__all__ = ["describe_model", "onnx_entry", "run_timestamp"]

@@ -5,8 +5,10 @@
 BiaPy, deepImageJ and cartocell-bmz can run:
 
 - weights as a pytorch state dict (the architecture is the run's self-contained
-  source file, which imports only torch, plus its keyword arguments) and as
-  TorchScript (converted from the state dict);
+  source file, which imports only torch, plus its keyword arguments), as
+  TorchScript and as ONNX (both converted from the state dict; the ONNX file is
+  one file, opset <= 18, dynamic z, y, x, and must give the state dict's
+  probabilities on the test input within 1e-4: :mod:`~cartocell_bmz.bmz.onnx`);
 - input ``raw`` with axes ``batch, channel, z, y, x``, spatial sizes
   parameterised as ``min + n * step`` (step = the network's divisibility) so
   that tools can tile; preprocessing ``zero_mean_unit_variance`` over the whole
@@ -41,7 +43,8 @@ prediction (which uses the image's own statistics, as training did).
 
 This module is the orchestration: :func:`build_description` reads the run,
 measures the halo (:mod:`~cartocell_bmz.bmz.halo`), writes the files
-(:mod:`~cartocell_bmz.bmz.torchscript` for TorchScript, :mod:`~cartocell_bmz.bmz.docs`
+(:mod:`~cartocell_bmz.bmz.torchscript` for TorchScript, :mod:`~cartocell_bmz.bmz.onnx` for
+ONNX, :mod:`~cartocell_bmz.bmz.docs`
 for the documentation and the cover) and describes them
 (:mod:`~cartocell_bmz.bmz.description`); :func:`build_package` saves the
 package atomically.  The names of a package's files and tensors are in
@@ -62,12 +65,13 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 import numpy as np
 
 from cartocell_bmz import networks
-from cartocell_bmz.bmz.contents import (COVER_FILE, DOC_FILE, OUTPUT_ID, TEST_INPUT_FILE, TEST_OUTPUT_FILE,
-                                        TORCHSCRIPT_FILE, WEIGHTS_FILE)
+from cartocell_bmz.bmz.contents import (COVER_FILE, DOC_FILE, ONNX_FILE, OUTPUT_ID, TEST_INPUT_FILE,
+                                        TEST_OUTPUT_FILE, TORCHSCRIPT_FILE, WEIGHTS_FILE)
 from cartocell_bmz.bmz.description import describe_model
 from cartocell_bmz.bmz.docs import documentation, read_figures, save_cover
 from cartocell_bmz.bmz.formats import RDF_FILE
 from cartocell_bmz.bmz.halo import AxisSizes, HaloChoice, choose_halo, measure_halo
+from cartocell_bmz.bmz.onnx import check_onnx, export_onnx
 from cartocell_bmz.bmz.portable import write_portable, zip_folder
 from cartocell_bmz.bmz.torchscript import export_torchscript
 from cartocell_bmz.core.normalize import zero_mean_unit_variance
@@ -178,6 +182,7 @@ def build_description(
 
     arch_file = _write_weights(run, work)
     test_shape = _write_test_tensors(work, volume, sizes)
+    _write_onnx(net, work)
     save_cover(work / COVER_FILE, volume, _probabilities(net, volume), spacing)
     attachments = _copy_attachments(run, work)
     name = metadata.name or f"cartocell-bmz synthetic {networks.get_spec(run.arch).title}"
@@ -225,6 +230,14 @@ def _write_weights(run: TrainingRun, work: Path) -> Path:
     torch.save(read_state_dict(run.weights), weights)
     export_torchscript(arch_file, run.callable, run.kwargs, weights, work / TORCHSCRIPT_FILE)
     return arch_file
+
+
+def _write_onnx(net: "torch.nn.Module", work: Path) -> Path:
+    """``weights.onnx``, exported from the network and checked on the test input (else a ModelError)."""
+    test_input = np.load(work / TEST_INPUT_FILE)
+    out = export_onnx(net, work / ONNX_FILE, test_input)
+    check_onnx(out, net, test_input)
+    return out
 
 
 def _write_test_tensors(work: Path, volume: np.ndarray, sizes: AxisSizes) -> tuple[int, int, int]:

@@ -20,9 +20,10 @@ WEIGHT_FORMATS: tuple[str, ...] = (
     "keras_hdf5", "keras_v3", "onnx", "pytorch_state_dict", "tensorflow_saved_model_bundle", "torchscript",
 )
 
-#: Weight formats cartocell-bmz writes into its packages and runs (through bioimageio.core's
-#: torch backends), in order of preference.
-RUNNABLE_WEIGHT_FORMATS: tuple[str, ...] = ("pytorch_state_dict", "torchscript")
+#: Weight formats cartocell-bmz writes into its packages and runs (state dict and TorchScript
+#: through bioimageio.core's torch backends, ONNX through onnxruntime), in order of preference
+#: (the runner's CPU default is :func:`cartocell_bmz.run.backends.default_weights`).
+RUNNABLE_WEIGHT_FORMATS: tuple[str, ...] = ("pytorch_state_dict", "torchscript", "onnx")
 
 assert set(RUNNABLE_WEIGHT_FORMATS) <= set(WEIGHT_FORMATS), "cartocell-bmz runs only formats bioimageio knows"
 

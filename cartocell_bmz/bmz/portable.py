@@ -13,7 +13,9 @@ asserts a list for packages tagged ``biapy``; the networks accept both.
 
 :func:`refresh_description` rewrites the description of an existing package folder
 from its own files (no training run, no re-export: weights and test tensors are
-kept byte for byte), and :func:`read_evaluation` reads a package's test-set figures.
+kept byte for byte), :func:`add_onnx` adds ONNX weights to such a package (exported
+from its own state dict and checked on its own test input, every other file kept),
+and :func:`read_evaluation` reads a package's test-set figures.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cartocell_bmz.bmz.contents import BASE_TAGS, DOC_FILE, FORMAT_VERSION
-from cartocell_bmz.bmz.formats import RDF_FILE, RDF_NAMES
+from cartocell_bmz.bmz.formats import RDF_FILE, RDF_NAMES, WEIGHT_FORMATS
 from cartocell_bmz.errors import ConfigError, InputError, ModelError, one_line
 from cartocell_bmz.io.hashing import sha256_file
 
@@ -186,6 +188,76 @@ def refresh_description(folder: str | os.PathLike, *, refresh_architecture: bool
     return rdf
 
 
+def add_onnx(folder: str | os.PathLike, *, replace: bool = False) -> Path:
+    """Add ``weights.onnx`` to a package folder cartocell-bmz built, from its own state dict.
+
+    The network is built from the package's architecture file, kwargs and state dict,
+    exported (:func:`~cartocell_bmz.bmz.onnx.export_onnx`: one file, dynamic z, y, x)
+    and checked on the package's test input (:func:`~cartocell_bmz.bmz.onnx.check_onnx`:
+    within 1e-4 of the state dict's probabilities, else nothing is changed); then
+    the description gains the ``onnx`` entry (``parent: pytorch_state_dict``) and is
+    rewritten in the portable form.  Weights, test tensors, cover and documentation
+    are kept byte for byte.
+
+    Parameters
+    ----------
+    folder : path-like
+        A package folder with ``pytorch_state_dict`` weights and an architecture file.
+    replace : bool
+        Export again when the package already has ONNX weights (default: leave them).
+
+    Returns
+    -------
+    pathlib.Path
+        The rewritten ``rdf.yaml`` (validated by the installed bioimageio.spec).
+
+    Raises
+    ------
+    InputError
+        When ``folder`` holds no description with state-dict weights and an architecture file.
+    ModelError
+        When the export or its check fails (the package is left as it was).
+    """
+    import numpy as np
+    from bioimageio.spec.utils import read_yaml
+
+    from cartocell_bmz.bmz.contents import ONNX_FILE
+    from cartocell_bmz.bmz.onnx import check_onnx, export_onnx, network_from_file
+
+    folder = Path(folder)
+    rdf = folder / RDF_FILE
+    if not rdf.is_file():
+        raise InputError(f"{folder}: holds no {RDF_FILE}; give a package folder.")
+    content = dict(read_yaml(rdf))
+    weights = dict(content.get("weights") or {})
+    if weights.get("onnx") and not replace:
+        return rdf
+    try:
+        state = weights["pytorch_state_dict"]
+        arch = state["architecture"]
+        arch_file, callable_name = folder / str(arch["source"]), str(arch["callable"])
+        test_input = folder / str(content["inputs"][0]["test_tensor"]["source"])
+    except (KeyError, TypeError, IndexError):
+        raise InputError(f"{rdf}: has no pytorch_state_dict weights with an architecture file and a test "
+                         "input to export ONNX weights from.") from None
+    net = network_from_file(arch_file, callable_name, arch.get("kwargs") or {}, folder / str(state["source"]))
+    example = np.load(test_input)
+    staged = folder / f".{ONNX_FILE}.new"
+    try:
+        export_onnx(net, staged, example)
+        check = check_onnx(staged, net, example)
+        os.replace(staged, folder / ONNX_FILE)
+    finally:
+        staged.unlink(missing_ok=True)
+    weights["onnx"] = {"source": ONNX_FILE, "sha256": sha256_file(folder / ONNX_FILE),
+                       "parent": "pytorch_state_dict", "opset_version": check.facts.opset}
+    order = {name: i for i, name in enumerate(WEIGHT_FORMATS)}  # bioimageio.spec's order, as a fresh package
+    content["weights"] = {k: weights[k] for k in sorted(weights, key=lambda k: order.get(k, len(order)))}
+    _write_yaml(portable_content(content), rdf)
+    _check_valid(rdf)
+    return rdf
+
+
 def _check_valid(rdf: Path) -> None:
     from bioimageio.spec import InvalidDescr, ValidationContext, load_description
 
@@ -246,6 +318,7 @@ def read_raw_description(package: str | os.PathLike) -> dict[str, Any]:
 __all__ = [
     "CONFIG_KEY",
     "accepts_list_out_channels",
+    "add_onnx",
     "package_kwargs",
     "portable_content",
     "read_evaluation",

@@ -42,24 +42,24 @@ def wrong_output(package, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("package_dir", model_package_params())
-def test_every_model_package_passes_both_weight_formats_offline(package_dir):
-    """Issue 6: `validate` passes for every package in model_packages/, both formats, with no network."""
+def test_every_model_package_passes_all_three_weight_formats_offline(package_dir):
+    """Issues 6, 15: `validate` passes for every package in model_packages/, all three formats, with no network."""
     assert len(MODEL_PACKAGES) == 6
     with no_network() as attempts:
         rows = validate_package(package_dir, devices=["cpu"])
     assert attempts == []
-    assert [r.check for r in rows] == [DESCRIPTION_ROW, "pytorch_state_dict", "torchscript"]
+    assert [r.check for r in rows] == [DESCRIPTION_ROW, "onnx", "pytorch_state_dict", "torchscript"]
     assert all_passed(rows), [str(r) for r in rows]
     assert all(r.error is None for r in rows)
     # reproduce-test-output + parameterised inference (n = 0, 1, 2 x batch 1, 2)
     assert all(r.n_tests >= 4 for r in rows[1:])
 
 
-def test_a_wrong_test_output_fails_both_formats_with_its_first_error(wrong_output):
+def test_a_wrong_test_output_fails_every_format_with_its_first_error(wrong_output):
     with no_network():
         rows = validate_package(wrong_output, devices=["cpu"])
     assert rows[0].passed  # the description itself is valid
-    assert [r.check for r in rows[1:]] == ["pytorch_state_dict", "torchscript"]
+    assert [r.check for r in rows[1:]] == ["onnx", "pytorch_state_dict", "torchscript"]
     for row in rows[1:]:
         assert not row.passed
         assert "disagree with expected values" in row.error and "\n" not in row.error
@@ -70,8 +70,8 @@ def test_only_the_asked_weight_format(package):
     with no_network():
         rows = validate_package(package / "rdf.yaml", weights="torchscript", devices=["cpu"])
     assert [r.check for r in rows] == [DESCRIPTION_ROW, "torchscript"] and all_passed(rows)
-    with pytest.raises(ModelError, match="has no onnx weights; it has pytorch_state_dict, torchscript"):
-        validate_package(package, weights="onnx")
+    with pytest.raises(ModelError, match="has no keras_hdf5 weights; it has onnx, pytorch_state_dict, torchscript"):
+        validate_package(package, weights="keras_hdf5")
     with pytest.raises(ConfigError, match="--weights 'pickle'"):
         validate_package(package, weights="pickle")
 
