@@ -47,7 +47,8 @@ class WorkerLostError(CartoCellError):
 
 def map_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], plan: Plan, *, title: str = "tasks",
               describe: Callable[[Any], str] = str, keys: Sequence[str] | None = None,
-              progress: ProgressCallback | None = None) -> list[Any]:
+              progress: ProgressCallback | None = None,
+              on_result: Callable[[Any, Any], None] | None = None) -> list[Any]:
     """``[fn(t) for t in tasks]``, run as ``plan`` says (see the module docstring).
 
     Parameters
@@ -68,6 +69,9 @@ def map_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], plan: Plan, *, tit
         Dask keys of the tasks (default: ``title``, the position and a token of this call).
     progress : callable, optional
         ``progress(done, total, describe(task))`` per finished task.
+    on_result : callable, optional
+        ``on_result(task, result)`` in this process as each task finishes (before its progress
+        report), e.g. to record it at once: what a later failure stops is only the rest.
 
     Returns
     -------
@@ -89,6 +93,8 @@ def map_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], plan: Plan, *, tit
         report(progress, 0, len(tasks), title)
         for task in tasks:
             results.append(fn(task))
+            if on_result is not None:
+                on_result(task, results[-1])
             report(progress, len(results), len(tasks), describe(task))
         return results
     if not tasks:
@@ -99,7 +105,7 @@ def map_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], plan: Plan, *, tit
     if plan.scheduler == "local" and plan.torch_threads:
         fn = functools.partial(run_with_threads, fn, int(plan.torch_threads))
     with dask_client(plan) as client:
-        return _gather(client, fn, tasks, list(keys), title, describe, progress)
+        return _gather(client, fn, tasks, list(keys), title, describe, progress, on_result)
 
 
 def run_with_threads(fn: Callable[[Any], Any], threads: int, task: Any) -> Any:
@@ -167,7 +173,8 @@ def local_cluster(plan: Plan) -> Any:
 
 
 def _gather(client, fn: Callable[[Any], Any], tasks: list, keys: list[str], title: str,
-            describe: Callable[[Any], str], progress: ProgressCallback | None) -> list[Any]:
+            describe: Callable[[Any], str], progress: ProgressCallback | None,
+            on_result: Callable[[Any, Any], None] | None) -> list[Any]:
     """Submit every task, collect the results as they finish; the first failure cancels the rest."""
     from distributed import as_completed
 
@@ -190,6 +197,8 @@ def _gather(client, fn: Callable[[Any], Any], tasks: list, keys: list[str], titl
                                       "finished results are kept: rerun to complete the rest (with fewer --workers "
                                       "if memory ran out).", tasks[i]) from None
             raise
+        if on_result is not None:
+            on_result(tasks[i], results[i])
         done += 1
         report(progress, done, len(tasks), describe(tasks[i]))
     return results

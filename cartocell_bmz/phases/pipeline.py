@@ -144,6 +144,8 @@ def run_pipeline(
     overrides: Mapping[str, Any] | None = None,
     postprocess_config: Any = None,
     rounds: int = 1,
+    scheduler: str | None = None,
+    workers: int | None = None,
     progress: Callable[..., None] | None = None,
 ) -> PipelineResult:
     """Run CartoCell's phases 2-5 on a dataset, resuming whatever is already done.
@@ -173,6 +175,9 @@ def run_pipeline(
         Rounds of pseudo-labelling: 1 (CartoCell's) or more, each further round
         pseudo-labelling ``train_M2/x`` with the previous round's M2 and training
         ``M2_round<r>`` on them (one M2 architecture only).
+    scheduler, workers : optional
+        Where the volumes of pseudo-labelling and evaluation run (:mod:`cartocell_bmz.engine.plan`;
+        default a local Dask cluster for more than one volume); training runs in this process.
     progress : callable, optional
         ``progress(done, total, message)`` (:mod:`cartocell_bmz.io.progress`): one run
         over the steps (train M1, pseudo-label, train each M2, two steps per further
@@ -226,7 +231,8 @@ def run_pipeline(
 
     # ---- phase 3: pseudo-labels; phase 4: M2 (each architecture)
     ctx = _Steps(root=root, out=out, begin=begin, record=record, timings=timings, device=device,
-                 postprocess_config=postprocess_config, made_from=dict(state.get("m2_trained_on", {})))
+                 postprocess_config=postprocess_config, made_from=dict(state.get("m2_trained_on", {})),
+                 scheduler=scheduler, workers=workers)
     pseudo = ctx.pseudo_label(out / "M1", out / "pseudo_labels", "phase 3/5", "M1")
     for name, cfg in cfg_m2.items():
         runs[name] = ctx.train_m2(name, cfg, out / "pseudo_labels", sha_m1, "phase 4/5", "the pseudo-labels")
@@ -266,6 +272,8 @@ class _Steps:
     device: str
     postprocess_config: Any
     made_from: dict[str, str]
+    scheduler: str | None = None
+    workers: int | None = None
 
     def pseudo_label(self, teacher: Path, pl_dir: Path, tag: str, teacher_name: str) -> Any:
         """Pseudo-label ``train_M2/x`` with ``teacher`` into ``pl_dir`` (redone when the teacher changed)."""
@@ -277,7 +285,8 @@ class _Steps:
                            + (f" ({teacher_name} changed: redoing)" if stale else ""))
         t = time.perf_counter()
         summary = pseudo_label(teacher, self.root / "train_M2" / RAW_DIR, pl_dir, config=self.postprocess_config,
-                               device=self.device, fresh=stale, progress=inner)
+                               device=self.device, fresh=stale, progress=inner, scheduler=self.scheduler,
+                               workers=self.workers)
         self.timings[pl_dir.name] = time.perf_counter() - t
         return summary
 
@@ -301,7 +310,7 @@ class _Steps:
         inner = self.begin(f"phase 5/5: predicting and evaluating {name} on {test} -> {dest}")
         t = time.perf_counter()
         summary = evaluate_run(self.out / name, test, dest, postprocess_config=self.postprocess_config,
-                               device=self.device, progress=inner)
+                               device=self.device, scheduler=self.scheduler, workers=self.workers, progress=inner)
         self.timings[f"eval_{name}"] = time.perf_counter() - t
         return summary
 
@@ -337,6 +346,8 @@ def evaluate_run(
     *,
     postprocess_config: Any = None,
     device: str = "auto",
+    scheduler: str | None = None,
+    workers: int | None = None,
     progress: Callable[..., None] | None = None,
 ) -> dict:
     """Predict, post-process and evaluate a training run on a test split.
@@ -357,20 +368,21 @@ def evaluate_run(
         Watershed and Voronoi settings.
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+    scheduler, workers : optional
+        Where the volumes are predicted (:mod:`cartocell_bmz.engine.plan`; default a local Dask
+        cluster for more than one volume, each worker loading the run once); the same bytes.
     progress : callable, optional
-        ``progress(done, total, message)`` of the evaluation.
+        ``progress(done, total, message)`` of the predictions on a cluster, then of the evaluation.
 
     Returns
     -------
     dict
         The evaluation summary (``summary.json``).
     """
-    import numpy as np
-
+    from cartocell_bmz.engine.plan import choose_scheduler
     from cartocell_bmz.run.evaluate import evaluate_folder
-    from cartocell_bmz.core.labels import as_label_dtype as _label_dtype
-    from cartocell_bmz.phases.pseudo_label import model_fingerprint, segment_volume
-    from cartocell_bmz.io.volumes import ensure_output_dir, list_volumes, read_volume, write_volume
+    from cartocell_bmz.phases.pseudo_label import model_fingerprint
+    from cartocell_bmz.io.volumes import ensure_output_dir, list_volumes
     from cartocell_bmz.run.predictor import Predictor
     from cartocell_bmz.train.run import read_run
 
@@ -393,22 +405,25 @@ def evaluate_run(
             for stale in (out / sub).iterdir():
                 if stale.is_file() and stale.name not in names and not stale.name.startswith("."):
                     stale.unlink()
-    predictor = None  # loaded on the first volume to predict: tiled as the benchmark tiles packages
-    try:
-        for raw in raws:
-            outputs = [out / sub / raw.name for sub in (PROBS_DIR, INSTANCES_DIR, VORONOI_DIR)]
-            if all(p.is_file() for p in outputs):
-                continue
-            if predictor is None:
-                predictor = Predictor(run_dir, device=device)
-            vol = read_volume(raw, "image")
-            probs, instances, voronoi = segment_volume(predictor.predict, vol.data, vol.spacing, postprocess_config)
-            write_volume(outputs[0], probs.astype(np.float32), vol.spacing)
-            write_volume(outputs[1], _label_dtype(instances), vol.spacing, compress=True)
-            write_volume(outputs[2], _label_dtype(voronoi), vol.spacing, compress=True)
-    finally:
-        if predictor is not None:
-            predictor.close()
+    todo = [raw for raw in raws if not all((out / sub / raw.name).is_file() for sub in (PROBS_DIR, INSTANCES_DIR,
+                                                                                         VORONOI_DIR))]
+    job = _EvalJob(run_dir=run_dir, out=out, config=postprocess_config, device=device)
+    mode = choose_scheduler(scheduler, workers, len(todo))
+    if mode == "sync" and todo:
+        with Predictor(run_dir, device=device) as predictor:  # tiled as the benchmark tiles packages
+            for raw in todo:
+                job.segment(predictor.predict, raw)
+    elif todo:
+        from dataclasses import replace
+
+        from cartocell_bmz.engine.cluster import map_tasks
+        from cartocell_bmz.engine.plan import available_memory_gb, plan_workers
+        from cartocell_bmz.run.device import resolve_device
+
+        job = replace(job, device=str(resolve_device(device)))
+        plan = plan_workers(mode, len(todo), workers=workers, device=job.device, memory_gb=available_memory_gb())
+        map_tasks(job.segment_in_worker, todo, plan, title="test volumes", describe=lambda p: p.name,
+                  progress=progress)
     target_mode = read_run(run_dir, complete=False).target_mode
     summary = evaluate_folder(
         gt_dir=test_dir / LABEL_DIR, pred_dir=out / VORONOI_DIR, out_dir=out, probs_dir=out / PROBS_DIR,
@@ -416,6 +431,37 @@ def evaluate_run(
     )
     _write_json(out / "status.json", {"finished": True, "model": str(run_dir), "model_sha256": sha, "volumes": names})
     return summary
+
+
+@dataclass(frozen=True)
+class _EvalJob:
+    """Predicting one test volume of a run (small: sent to a worker with each volume)."""
+
+    run_dir: Path
+    out: Path
+    config: Any
+    device: str
+
+    def segment(self, predict: Callable, raw: Path) -> str:
+        """Probabilities, watershed cells and Voronoi cells of one volume, written in that order."""
+        import numpy as np
+
+        from cartocell_bmz.core.labels import as_label_dtype
+        from cartocell_bmz.io.volumes import read_volume, write_volume
+        from cartocell_bmz.phases.pseudo_label import segment_volume
+
+        vol = read_volume(raw, "image")
+        probs, instances, voronoi = segment_volume(predict, vol.data, vol.spacing, self.config)
+        write_volume(self.out / PROBS_DIR / raw.name, probs.astype(np.float32), vol.spacing)
+        write_volume(self.out / INSTANCES_DIR / raw.name, as_label_dtype(instances), vol.spacing, compress=True)
+        write_volume(self.out / VORONOI_DIR / raw.name, as_label_dtype(voronoi), vol.spacing, compress=True)
+        return raw.name
+
+    def segment_in_worker(self, raw: Path) -> str:
+        """:meth:`segment` with this worker's copy of the run (loaded on its first volume)."""
+        from cartocell_bmz.run.batch import loaded_predictor
+
+        return self.segment(loaded_predictor(self.run_dir, device=self.device, trust=True).predict, raw)
 
 
 def compare(summaries: Mapping[str, Mapping[str, Any]], runs: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:

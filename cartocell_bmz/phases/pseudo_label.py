@@ -167,6 +167,8 @@ def pseudo_label(
     fresh: bool = False,
     progress: Callable[..., None] | None = None,
     predictor: Predictor | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> PseudoLabelSummary:
     """Segment every raw volume of a folder and write them as a training set.
 
@@ -193,7 +195,14 @@ def pseudo_label(
         with the tiles of the volume being predicted as sub-steps.
     predictor : callable, optional
         Use this raw -> probabilities function instead of loading ``model``
-        (``model`` then only names it in ``status.json``).
+        (``model`` then only names it in ``status.json``; it runs in this process).
+    scheduler : str, optional
+        Where the volumes run (:mod:`cartocell_bmz.engine.plan`): ``"auto"`` (default) a local
+        Dask cluster when more than one volume is to label, else this process; ``"local"``,
+        ``"sync"`` or the address of an existing cluster. Each worker loads the model once
+        and writes its volumes' ``x`` and ``y``; the labels are the same bytes.
+    workers : int, optional
+        Worker processes of the local cluster.
 
     Returns
     -------
@@ -209,8 +218,9 @@ def pseudo_label(
         The input folder is missing, empty or holds unreadable volumes.
     """
     from cartocell_bmz.core.spacing import check_spacing
+    from cartocell_bmz.engine.plan import choose_scheduler
     from cartocell_bmz.io.progress import nested, steps
-    from cartocell_bmz.io.volumes import atomic_open, ensure_output_dir, list_volumes, read_volume, write_volume
+    from cartocell_bmz.io.volumes import atomic_open, ensure_output_dir, list_volumes
 
     t0 = time.perf_counter()
     if spacing is not None:
@@ -247,38 +257,87 @@ def pseudo_label(
             fh.write("\n")
 
     todo = [p for p in raws if not ((x_dir / p.name).is_file() and (y_dir / p.name).is_file() and p.name in table)]
-    loaded = None
+    job = _LabelJob(x_dir=x_dir, y_dir=y_dir, spacing=spacing, config=config, model=model, device=device)
+
+    def finished(row: dict) -> None:  # the table follows every finished volume: a rerun skips it
+        table[row["volume"]] = row
+        _write_table(out / TABLE_CSV, table)
+
+    mode = "sync" if predictor is not None else choose_scheduler(scheduler, workers, len(todo))
     if todo:
         write_status(False)
-        if predictor is None:
-            from cartocell_bmz.run.predictor import Predictor as ModelPredictor
+    if todo and mode != "sync":
+        _label_on_cluster(job, todo, mode, workers, finished, progress)
+    elif todo:
+        from contextlib import nullcontext
 
-            loaded = ModelPredictor(model, device=device)  # a training run or a BMZ package, tiled alike
-        run_predictor = predictor or loaded.predict
-    try:
-        for i, raw_path in steps(todo, progress, describe=lambda p: p.name, finished="pseudo-labels written"):
-            t1 = time.perf_counter()
-            vol = read_volume(raw_path, "image")
-            sp = spacing or vol.spacing
-            tiles = nested(progress, i, len(todo), raw_path.name)
-            volume_predictor = run_predictor if loaded is None else (
-                lambda volume: loaded.predict(volume, progress=tiles))
-            _, _, voronoi = segment_volume(volume_predictor, vol.data, sp, config)
-            voronoi = _label_dtype(voronoi)
-            write_volume(y_dir / raw_path.name, voronoi, sp, compress=True)
-            _link_or_copy(raw_path, x_dir / raw_path.name)
-            n_cells = int(len(np.unique(voronoi)) - (1 if (voronoi == 0).any() else 0))
-            table[raw_path.name] = {"volume": raw_path.name, "cells": n_cells, "seconds": round(time.perf_counter() - t1, 2)}
-            _write_table(out / TABLE_CSV, table)
-    finally:
-        if loaded is not None:
-            loaded.close()
+        from cartocell_bmz.run.predictor import Predictor as ModelPredictor
+
+        # a training run or a BMZ package, tiled alike; closed at the end
+        with nullcontext() if predictor is not None else ModelPredictor(model, device=device) as loaded:
+            for i, raw_path in steps(todo, progress, describe=lambda p: p.name, finished="pseudo-labels written"):
+                tiles = nested(progress, i, len(todo), raw_path.name)
+                run = predictor or (lambda volume: loaded.predict(volume, progress=tiles))
+                finished(job.label(run, raw_path))
     write_status(True)
     summary = PseudoLabelSummary(
         out_dir=out, n_volumes=len(raws), n_new=len(todo),
         cells={n: int(table[n]["cells"]) for n in names if n in table}, seconds=time.perf_counter() - t0,
     )
     return summary
+
+
+@dataclass(frozen=True)
+class _LabelJob:
+    """What labelling one volume needs (small: sent to a worker with each volume)."""
+
+    x_dir: Path
+    y_dir: Path
+    spacing: tuple | None
+    config: Any
+    model: Any
+    device: str
+
+    def label(self, predict: Predictor, raw_path: Path) -> dict:
+        """Segment one raw volume, write its ``y`` then its ``x``; its row of the table."""
+        from cartocell_bmz.io.volumes import read_volume, write_volume
+
+        t1 = time.perf_counter()
+        vol = read_volume(raw_path, "image")
+        sp = self.spacing or vol.spacing
+        _, _, voronoi = segment_volume(predict, vol.data, sp, self.config)
+        voronoi = _label_dtype(voronoi)
+        write_volume(self.y_dir / raw_path.name, voronoi, sp, compress=True)
+        _link_or_copy(raw_path, self.x_dir / raw_path.name)
+        n_cells = int(len(np.unique(voronoi)) - (1 if (voronoi == 0).any() else 0))
+        return {"volume": raw_path.name, "cells": n_cells, "seconds": round(time.perf_counter() - t1, 2)}
+
+    def label_in_worker(self, raw_path: Path) -> dict:
+        """:meth:`label` with this worker's copy of the model (loaded on its first volume)."""
+        from cartocell_bmz.run.batch import loaded_predictor
+
+        return self.label(loaded_predictor(self.model, device=self.device, trust=True).predict, raw_path)
+
+
+def _label_on_cluster(job: _LabelJob, todo: list[Path], scheduler: str, workers: int | None,
+                      finished: Callable[[dict], None], progress: Callable[..., None] | None) -> None:
+    """Label the volumes on the engine's workers; ``finished(row)`` here as each one is written."""
+    from dataclasses import replace
+
+    from cartocell_bmz.engine.cluster import map_tasks
+    from cartocell_bmz.engine.plan import available_memory_gb, plan_workers
+    from cartocell_bmz.run.device import resolve_device
+    from cartocell_bmz.train.run import is_training_run
+
+    model = job.model
+    if not is_training_run(model):
+        from cartocell_bmz.bmz.resolve import resolve_model
+
+        model = resolve_model(model)  # a package's notice shown once, here
+    job = replace(job, model=model, device=str(resolve_device(job.device)))
+    plan = plan_workers(scheduler, len(todo), workers=workers, device=job.device, memory_gb=available_memory_gb())
+    map_tasks(job.label_in_worker, todo, plan, title="pseudo-labels written", describe=lambda p: p.name,
+              progress=progress, on_result=lambda _path, row: finished(row))
 
 
 def _config_dict(config: Any) -> Any:

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from cartocell_bmz.engine.plan import SCHEDULER_HELP, WORKERS_HELP
+
 
 def command(
     data_root: Path = typer.Argument(..., help="CartoCell-layout dataset: train_M1/{x,y}, validation/{x,y}, train_M2/x, test/{x,y}."),
@@ -24,6 +26,8 @@ def command(
         help="Rounds of pseudo-labelling: 1 is CartoCell's; each further round r pseudo-labels train_M2/x with the "
              "latest M2 (OUT/pseudo_labels_round<r>) and trains OUT/M2_round<r> on them (one --arch-m2 only).",
     ),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """Train M1, pseudo-label train_M2 with it, train M2 on the pseudo-labels, and compare M1 and M2 on test.
 
@@ -36,6 +40,6 @@ def command(
         result = run_pipeline(
             data_root, out, preset=preset, arch_m1=arch_m1, arch_m2=list(arch_m2) if arch_m2 else "resunet",
             seed=seed, device=device, overrides={"epochs": epochs} if epochs else None, rounds=rounds,
-            progress=progress,
+            scheduler=scheduler, workers=workers, progress=progress,
         )
     typer.echo(str(result))

@@ -7,6 +7,8 @@ from typing import Optional, Tuple
 
 import typer
 
+from cartocell_bmz.engine.plan import SCHEDULER_HELP, WORKERS_HELP
+
 
 def command(
     model: str = typer.Option(..., "--model", help="Training run folder (or a BMZ package, through the runner)."),
@@ -17,6 +19,8 @@ def command(
     ),
     device: str = typer.Option("auto", "--device", help="'auto', 'cpu' or 'cuda[:N]'."),
     fresh: bool = typer.Option(False, "--fresh", help="Redo every volume instead of keeping finished ones."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
 ) -> None:
     """Predict B, C, M on every raw volume, run watershed + Voronoi, and write the cells as labels.
 
@@ -27,5 +31,5 @@ def command(
 
     with RichProgress(transient=True) as progress:
         summary = pseudo_label(model, input, out, spacing=tuple(spacing) if spacing else None, device=device,
-                               fresh=fresh, progress=progress)
+                               fresh=fresh, progress=progress, scheduler=scheduler, workers=workers)
     typer.echo(str(summary))
