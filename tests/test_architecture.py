@@ -32,7 +32,7 @@ ARROWS: dict[str, set[str]] = {
     "bmz": {"core", "io", "networks", "train", "run"},
     "run": {"core", "io", "engine", "networks", "train", "bmz"},
     "measure": {"core", "io", "engine"},
-    "phases": {"core", "io", "engine", "networks", "train", "bmz", "run"},
+    "phases": {"core", "io", "engine", "networks", "train", "bmz", "run", "measure"},
     "bench": {"core", "io", "engine", "bmz", "run", "measure"},
     "cli": {"core", "io", "engine", "networks", "train", "bmz", "run", "measure", "phases", "bench"},
 }

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "models": "models",
     "measure": "measure",
     "crop": "crop",
+    "analyse": "analyse",
 }
 
 app = typer.Typer(

@@ -437,6 +437,11 @@ CASES: dict[str, Callable[[World], Case]] = {
                                          "holds no voxel size; give it with --spacing", w.out),
     "crop-not-a-tiff": lambda w: Case(_crop(w, w.bad("not_tiff")), str(w.root / "in" / "b.tif"),
                                       "cannot be read as a TIFF stack", w.out),
+    # ---- analyse (crop -> predict -> measure): the stack is checked by its first step
+    "analyse-2d-image": lambda w: Case(["analyse", *_crop(w, w.bad("2d"))[1:]], str(w.root / "in" / "b.tif"),
+                                       "A 2D image holds no 3D cysts", w.out),
+    "analyse-missing-file": lambda w: Case(["analyse", *_crop(w, w.root / "in" / "nope.tif")[1:]], "nope.tif",
+                                           "file not found", w.out),
     # ---- measure
     "measure-float-labels": lambda w: Case(["measure", w.bad("float_labels", "gt", "a.tif"), "--out", w.out],
                                            str(w.root / "gt" / "a.tif"), "fractional values", w.out),

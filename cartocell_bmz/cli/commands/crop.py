@@ -19,7 +19,7 @@ def command(
     spacing: Optional[Tuple[float, float, float]] = typer.Option(
         None, "--spacing", help="Voxel size Z Y X in micrometres (default: read from each file)."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0,
-                                    help="M and B probability above which a voxel is cellular (a cell body)."),
+                                    help="M and C probability above which a voxel is cellular (a cell contour)."),
     margin: float = typer.Option(3.0, "--margin", min=0.0, help="Margin around each kept cyst, in µm."),
     min_volume: float = typer.Option(MIN_VOLUME_UM3, "--min-volume", min=0.0,
                                      help="Smallest cellular volume of a cyst, µm³ (smaller: too small)."),

@@ -43,10 +43,11 @@ def command(
             labels, out, spacing=spacing, group=group, contact_threshold=contact_threshold,
             overwrite=overwrite, plots=plots, scheduler=scheduler, workers=workers, progress=progress,
         )
-    _print_summary(tables.cysts, out, grouped=group is not None)
+    print_cysts(tables.cysts, out, grouped=group is not None)
 
 
-def _print_summary(cysts, out: Path, grouped: bool) -> None:
+def print_cysts(cysts, out: Path, grouped: bool) -> None:
+    """The table of measured cysts (and the group lines) on the screen."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
