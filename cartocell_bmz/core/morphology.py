@@ -95,6 +95,7 @@ def measure_cyst(
     *,
     contact_threshold: float = DEFAULT_CONTACT_THRESHOLD,
     window: int = DEFAULT_WINDOW,
+    main_cyst: bool = False,
 ) -> CystMeasures:
     """Measure every cell of a segmented cyst: morphology, neighbours, packing.
 
@@ -110,6 +111,9 @@ def measure_cyst(
     window : int
         Block side, in voxels of the finest axis, of the surface-normal window of the
         area estimator (:func:`cartocell_bmz.core.morph_surface.face_areas`).
+    main_cyst : bool
+        Measure only the cells of the largest connected group of cells (:func:`main_cyst_cells`):
+        pieces of neighbouring cysts in a crop's margin are left out, with a notice.
 
     Returns
     -------
@@ -139,6 +143,14 @@ def measure_cyst(
     if int(window) != window or window < 1:
         raise ConfigError(f"window must be a whole number of voxels >= 1, got {window!r}.")
     params = {"spacing": list(spacing_t), "contact_threshold": float(contact_threshold), "window": int(window)}
+    if main_cyst:
+        params["main_cyst"] = True
+        kept = main_cyst_cells(labels)
+        dropped = len(np.unique(labels[(labels > 0) & (kept == 0)]))
+        if dropped:
+            warnings.warn(f"{dropped} cell(s) apart from the cyst (not connected to its largest group of cells) "
+                          "are left out.", CartoCellWarning, stacklevel=2)
+        labels = kept
     sp = np.asarray(spacing_t, float)
     box = _cell_box(labels)
     if box is None:
@@ -371,6 +383,29 @@ def _shapes(cells: dict, runs: Runs, n: int, sp: np.ndarray, origin: np.ndarray,
     hull = convex_voxels(owner, points, n)
     with np.errstate(divide="ignore", invalid="ignore"):
         cells["solidity"] = np.where(hull > 0, mom[:, 0] / hull, np.nan)
+
+
+def main_cyst_cells(labels: np.ndarray) -> np.ndarray:
+    """The labels of the cells in the largest connected group of cells (face-connected foreground); others 0.
+
+    A cell split over several groups is kept whole if any part lies in the largest one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lab = np.zeros((1, 1, 9), np.uint16)
+    >>> lab[0, 0, :4] = [1, 1, 2, 2]; lab[0, 0, 6:8] = [3, 3]
+    >>> main_cyst_cells(lab)[0, 0].tolist()
+    [1, 1, 2, 2, 0, 0, 0, 0, 0]
+    """
+    from scipy import ndimage as ndi
+
+    groups, n = ndi.label(labels > 0)
+    if n <= 1:
+        return labels
+    largest = int(np.argmax(np.bincount(groups.ravel())[1:])) + 1
+    keep = np.unique(labels[groups == largest])
+    return np.where(np.isin(labels, keep), labels, 0).astype(labels.dtype, copy=False)
 
 
 def _cut_cells(vol: np.ndarray, volume_sides, ids: np.ndarray) -> np.ndarray:

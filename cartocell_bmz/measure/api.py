@@ -160,6 +160,7 @@ def measure_files(
     group: str | None = None,
     contact_threshold: float = DEFAULT_CONTACT_THRESHOLD,
     window: int = DEFAULT_WINDOW,
+    main_cyst: bool = False,
     overwrite: bool = False,
     plots: bool = True,
     scheduler: str | None = None,
@@ -181,6 +182,9 @@ def measure_files(
         Regular expression whose first group, found in a cyst's name, is its condition.
     contact_threshold, window
         See :func:`cartocell_bmz.core.morphology.measure_cyst`.
+    main_cyst : bool
+        Measure only each volume's largest connected group of cells (pieces of
+        neighbouring cysts in a crop's margin left out; :func:`~cartocell_bmz.core.morphology.main_cyst_cells`).
     overwrite : bool
         Measure every cyst again even when ``out/per_cyst`` holds it.
     plots : bool
@@ -213,6 +217,8 @@ def measure_files(
     fixed = check_spacing(spacing, name="--spacing") if spacing is not None else None
     groups = {stem: group_of(stem, group) for stem in files}
     params = {"contact_threshold": float(contact_threshold), "window": int(window)}
+    if main_cyst:  # only when asked: the cache signature of earlier runs stays valid
+        params["main_cyst"] = True
     cache = ensure_output_dir(Path(out) / PER_CYST_DIR) if out is not None else None
     jobs = [_MeasureJob(stem, path, fixed, params, None if cache is None else cache / f"{stem}.npz")
             for stem, path in files.items()]

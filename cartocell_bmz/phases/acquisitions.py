@@ -8,6 +8,7 @@ work, each with its own command's output tree and resume rule::
     OUT/crop/        crop_stacks:   x/STACK_cyst_NNN.tif (kept cysts), candidates.csv, stacks/
     OUT/predict/     predict_folder: per_image/, per_image_instances/, per_image_post_processing/
     OUT/measure/     measure_files:  cells.csv, neighbours.csv, cysts.csv (groups.csv), figures
+                     (each crop's largest group of cells: pieces of neighbouring cysts left out)
     OUT/analysis.json  what ran: model, stacks, candidates kept and rejected, cysts and cells, seconds
 
 A rerun skips what is finished in each step (stacks cropped with the same
@@ -58,7 +59,7 @@ class AnalysisSummary:
     rejected : dict of str to int
         Rejected candidates by reason.
     cells : int
-        Cells after the Voronoi, over every kept cyst.
+        Cells measured, over every kept cyst (each crop's main cyst).
     failed : list of str
         Crops that could not be predicted (one message each).
     seconds : dict of str to float
@@ -179,14 +180,15 @@ def analyse_stacks(
         predicted = predict_folder(model, out / CROP_DIR / RAW_DIR, out / PREDICT_DIR, overwrite=overwrite,
                                    progress=nested(progress, 1, len(STEPS), "predict"), **predict_kwargs, **run)
         summary.seconds["predict"] = time.perf_counter() - t0
-        summary.cells = predicted.n_cells
         summary.failed = list(predicted.failed)
 
         t0 = time.perf_counter()
         report(progress, 2, len(STEPS), "measure")
         summary.tables = measure_files([out / PREDICT_DIR / VORONOI_DIR], out / MEASURE_DIR, group=group, plots=plots,
+                                       main_cyst=True,
                       overwrite=overwrite, progress=nested(progress, 2, len(STEPS), "measure"), **run)
         summary.seconds["measure"] = time.perf_counter() - t0
+        summary.cells = int(summary.tables.cysts["cells"].sum())
     report(progress, len(STEPS), len(STEPS), "done")
     with atomic_open(out / ANALYSIS_JSON, "w") as fh:
         json.dump(summary.as_dict(), fh, indent=2)

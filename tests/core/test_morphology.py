@@ -323,6 +323,23 @@ def test_fragmented_label_is_counted_and_not_valid(z1_shell):
     assert far not in m.cells["cell"] and m.cyst["cells"] == N_CELLS - 1
 
 
+def test_main_cyst_leaves_out_a_neighbours_piece(z1_shell):
+    """A piece of another cyst in the margin (two cells apart from the shell) is left out only with main_cyst."""
+    spacing = (1.0, 0.5, 0.5)
+    padded = np.pad(z1_shell, ((0, 0), (0, 0), (0, 8)))
+    top = int(padded.max())
+    padded[2:6, 2:6, -4:-2] = top + 1
+    padded[6:9, 2:6, -4:-2] = top + 2
+    everything = measure_cyst(padded, spacing)
+    assert everything.cyst["cells"] == N_CELLS + 2
+    with pytest.warns(CartoCellWarning, match="2 cell\\(s\\) apart from the cyst"):
+        main = measure_cyst(padded, spacing, main_cyst=True)
+    alone = measure_cyst(z1_shell, spacing)
+    assert main.cyst["cells"] == N_CELLS and main.params["main_cyst"] is True
+    for name in ("volume", "apical_neighbours", "basal_neighbours", "valid"):
+        np.testing.assert_array_equal(main.cells[name], alone.cells[name])
+
+
 def test_solid_ball_of_cells_has_no_lumen(z1_shell):
     spacing = (1.0, 0.5, 0.5)
     solid = z1_shell.copy()

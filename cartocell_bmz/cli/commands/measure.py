@@ -26,6 +26,9 @@ def command(
         DEFAULT_CONTACT_THRESHOLD, "--contact-threshold",
         help="Two cells are neighbours when their contact is at least this share of the lateral area of each.",
     ),
+    main_cyst: bool = typer.Option(
+        False, "--main-cyst", help="Measure only each volume's largest connected group of cells "
+        "(leaves out pieces of neighbouring cysts in a crop's margin)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the PNG figures."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Measure again the cysts already measured in OUT."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
@@ -40,7 +43,7 @@ def command(
 
     with RichProgress(transient=True) as progress:
         tables = measure_files(
-            labels, out, spacing=spacing, group=group, contact_threshold=contact_threshold,
+            labels, out, spacing=spacing, group=group, contact_threshold=contact_threshold, main_cyst=main_cyst,
             overwrite=overwrite, plots=plots, scheduler=scheduler, workers=workers, progress=progress,
         )
     print_cysts(tables.cysts, out, grouped=group is not None)
