@@ -99,7 +99,7 @@ def test_measure_on_a_cluster_writes_the_sync_tables(address, tmp_path, small_cy
 # --------------------------------------------------------------------------- worker processes (slow)
 
 
-@pytest.mark.slow(reason="16 cysts with synthetic-unet, in this process and on 2 worker processes (about 1-2 min)")
+@pytest.mark.slow(reason="16 cysts with synthetic-unet, in this process and on 2 worker processes (86 s on 2 loaded cores)")
 def test_sixteen_cysts_on_two_local_workers_give_the_sync_bytes(tmp_path):
     images = _cysts(tmp_path / "x", 16)
     model = REPO / "model_packages" / "synthetic-unet"
@@ -111,7 +111,7 @@ def test_sixteen_cysts_on_two_local_workers_give_the_sync_bytes(tmp_path):
     assert len(digests) == 48 and _digests(tmp_path / "local") == digests
 
 
-@pytest.mark.slow(reason="a cluster of 2 worker processes, one SIGKILLed in the middle of a run (about 1 min)")
+@pytest.mark.slow(reason="a cluster of 2 worker processes, one SIGKILLed in the middle of a run (85 s on 2 loaded cores)")
 def test_a_killed_worker_loses_only_its_volume_and_a_rerun_completes(package, tmp_path):
     """SIGKILL of a worker that is predicting: finished volumes stay (same bytes), the rerun does only the rest."""
     import dask
