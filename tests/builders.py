@@ -115,3 +115,23 @@ def model_package_params() -> list:
     return [pytest.param(p, id=p.name, marks=() if p.name == DEFAULT_RUN_PACKAGE else pytest.mark.slow(
         reason="every model package: run with -m slow before closing an issue on packaging or prediction"))
         for p in MODEL_PACKAGES]
+
+
+def write_ome_zarr(path, data, scale, *, axes="zyx", unit="micrometer", version="0.4", chunks=(4, 16, 16)):
+    """A one-level OME-Zarr image (what bioformats2raw / ome-zarr-py write, reduced to what a reader needs)."""
+    import zarr
+
+    fmt = 2 if version == "0.4" else 3
+    group = zarr.open_group(str(path), mode="w", zarr_format=fmt)
+    chunks = tuple(1 for _ in axes[:-3]) + tuple(chunks)
+    arr = group.create_array("0", shape=data.shape, chunks=chunks, dtype=data.dtype)
+    arr[...] = data
+    kinds = {"t": "time", "c": "channel"}
+    ms = {"version": version, "axes": [{"name": a, "type": kinds.get(a, "space"), **({} if a in kinds else {"unit": unit})}
+                                       for a in axes],
+          "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]}]}
+    if fmt == 2:
+        group.attrs["multiscales"] = [ms]
+    else:
+        group.attrs["ome"] = {"version": version, "multiscales": [ms]}
+    return path

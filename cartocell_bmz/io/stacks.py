@@ -12,6 +12,11 @@ that reads only the boxes asked for:
   tifffile when a box needs it;
 - anything else (a single compressed 3D page, odd layouts): read whole once.
 
+An OME-Zarr image (a folder, OME-NGFF 0.4 on Zarr v2 or 0.5 on Zarr v3) is read
+by boxes from its full-resolution level (:class:`ZarrStack`, through the
+``zarr`` library: only the chunks a box touches are read), its voxel size from
+the level's ``scale`` transformations.
+
 :class:`ScratchVolume` is a ``(Z, Y, X)`` uint8 file written and read by boxes
 the same way (a hidden temporary file of an output folder, removed on close).
 """
@@ -163,13 +168,13 @@ class LazyStack(_Boxes):
         return f"LazyStack({str(self.path)!r}, shape={self.shape}, dtype={self.dtype}, mode={self.mode!r})"
 
 
-def open_stack(path: str | os.PathLike, spacing: Sequence[float] | None = None) -> LazyStack:
-    """Open a ``(Z, Y, X)`` TIFF stack lazily, checked, with its voxel size.
+def open_stack(path: str | os.PathLike, spacing: Sequence[float] | None = None) -> "LazyStack | ZarrStack":
+    """Open a ``(Z, Y, X)`` TIFF stack or OME-Zarr image lazily, checked, with its voxel size.
 
     Parameters
     ----------
     path : path-like
-        The TIFF.
+        The TIFF, or the folder of an OME-Zarr image (``*.zarr``, ``*.ome.zarr``).
     spacing : sequence of 3 floats, optional
         Voxel size ``(z, y, x)`` in µm; default the file's.
 
@@ -184,8 +189,11 @@ def open_stack(path: str | os.PathLike, spacing: Sequence[float] | None = None) 
     from cartocell_bmz.io.volumes import read_spacing
 
     path = Path(path)
+    if path.is_dir() and any((path / name).is_file() for name in (".zattrs", "zarr.json")):
+        return open_ome_zarr(path, spacing)
     if not path.is_file():
-        raise InputError(f"{path}: file not found." if not path.exists() else f"{path}: not a file.")
+        raise InputError(f"{path}: file not found." if not path.exists() else
+                         f"{path}: not a file (a folder is read only as an OME-Zarr image, with .zattrs or zarr.json).")
     try:
         with tifffile.TiffFile(path) as tif:
             shape, dtype = tuple(tif.series[0].shape), np.dtype(tif.series[0].dtype)
@@ -211,6 +219,174 @@ def open_stack(path: str | os.PathLike, spacing: Sequence[float] | None = None) 
         raise
     except Exception as exc:
         raise InputError(f"{path}: cannot be read as a TIFF stack ({str(exc).splitlines()[0]}).") from None
+
+
+#: Endings dropped from a stack's file name to name its crops.
+STACK_SUFFIXES: tuple[str, ...] = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif")
+
+
+def stack_stem(path: str | os.PathLike) -> str:
+    """A stack's name without its ending (``.tif``, ``.ome.tif``, ``.zarr``, ``.ome.zarr``...).
+
+    Examples
+    --------
+    >>> stack_stem("day4/plate_1.ome.zarr"), stack_stem("a.b.tif"), stack_stem("raw")
+    ('plate_1', 'a.b', 'raw')
+    """
+    name = Path(path).name
+    for suffix in STACK_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def stack_fingerprint(path: str | os.PathLike) -> dict:
+    """Size and last modification of a stack: its file's, or over every file of an OME-Zarr folder.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "s.tif"
+    >>> _ = f.write_bytes(b"1234")
+    >>> stack_fingerprint(f)["size"]
+    4
+    """
+    path = Path(path)
+    if not path.is_dir():
+        stat = path.stat()
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    size = mtime = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            stat = os.stat(os.path.join(root, name))
+            size, mtime = size + stat.st_size, max(mtime, stat.st_mtime_ns)
+    return {"size": size, "mtime_ns": mtime}
+
+
+#: OME-NGFF units of length, in micrometres.
+_UNITS_UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
+             "angstrom": 1e-4, "picometer": 1e-6}
+
+
+class ZarrStack(_Boxes):
+    """The full-resolution level of an OME-Zarr image read by boxes (other axes of size 1 dropped).
+
+    Open it with :func:`open_stack` (or :func:`open_ome_zarr`).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The image's folder.
+    shape, dtype, spacing, mode
+        As :class:`LazyStack`'s; ``mode`` is ``"zarr"``.
+    """
+
+    mode = "zarr"
+
+    def __init__(self, path: Path, array: Any, index: tuple, spacing: tuple[float, float, float]) -> None:
+        self.path = Path(path)
+        self.spacing = spacing
+        self._array = array
+        self._index = index  # 0 for the non-spatial axes, the spatial axes in z, y, x order
+        self.dtype = np.dtype(array.dtype).newbyteorder("=")
+        self.shape = tuple(int(n) for n, k in zip(array.shape, index) if k is None)  # type: ignore[assignment]
+
+    def __getitem__(self, key: Key) -> np.ndarray:
+        sl = iter(self._slices(key))
+        full = tuple(next(sl) if k is None else k for k in self._index)
+        return np.asarray(self._array[full], dtype=self.dtype)
+
+    def close(self) -> None:
+        """Nothing to close (zarr opens chunks when read)."""
+
+    def __enter__(self) -> "ZarrStack":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ZarrStack({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def open_ome_zarr(path: str | os.PathLike, spacing: Sequence[float] | None = None) -> ZarrStack:
+    """Open the full-resolution level of an OME-Zarr image (OME-NGFF 0.4 or 0.5) as a ``(Z, Y, X)`` stack.
+
+    Parameters
+    ----------
+    path : path-like
+        The image's folder (it holds ``.zattrs`` or ``zarr.json`` with ``multiscales``).
+    spacing : sequence of 3 floats, optional
+        Voxel size ``(z, y, x)`` in µm; default the level's ``scale`` (in its axes' units).
+
+    Raises
+    ------
+    InputError
+        Not an OME-Zarr image, no z, y and x axes, another axis (time, channel) longer than
+        1, no scale and no ``spacing``, a unit of length it does not know, or unreadable.
+    """
+    import json
+
+    from cartocell_bmz.core.spacing import check_spacing
+
+    path = Path(path)
+    try:
+        if (path / "zarr.json").is_file():
+            attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+            attrs = attrs.get("ome", attrs)
+        else:
+            attrs = json.loads((path / ".zattrs").read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read its OME-Zarr metadata ({exc}).") from None
+    multiscales = attrs.get("multiscales") if isinstance(attrs, dict) else None
+    if not multiscales:
+        raise InputError(f"{path}: a Zarr folder without OME-NGFF 'multiscales' metadata is not an image it can read.")
+    ms = multiscales[0]
+    if not ms.get("axes") or not ms.get("datasets"):
+        raise InputError(f"{path}: its multiscales metadata lists no axes or no datasets (OME-NGFF 0.4 or newer is read).")
+    axes = [a if isinstance(a, dict) else {"name": a} for a in ms["axes"]]
+    names = [str(a.get("name", "")).lower() for a in axes]
+    if not {"z", "y", "x"} <= set(names):
+        raise InputError(f"{path}: its axes are {names}, but a 3D image with z, y and x axes is needed.")
+    level = ms["datasets"][0]
+    try:
+        import zarr
+
+        array = zarr.open_array(str(path / level["path"]), mode="r")
+    except ImportError:
+        raise InputError(f"{path}: reading OME-Zarr needs the zarr package: pip install zarr") from None
+    except Exception as exc:
+        raise InputError(f"{path}: cannot open its level {level.get('path')!r} ({str(exc).splitlines()[0]}).") from None
+    if array.ndim != len(names):
+        raise InputError(f"{path}: its level has {array.ndim} dimensions but {len(names)} axes are described.")
+    for name, n in zip(names, array.shape):
+        if name not in ("z", "y", "x") and n != 1:
+            raise InputError(f"{path}: axis {name!r} has {n} entries; crop reads one 3D image: "
+                             "write one channel and one time point per image.")
+    if np.dtype(array.dtype).kind not in "biuf":
+        raise InputError(f"{path}: unsupported pixel type {array.dtype}; expected integers or floats.")
+    if spacing is not None:
+        sp = check_spacing(spacing, name="--spacing")
+    else:
+        scale = np.ones(len(names))
+        for transforms in (level.get("coordinateTransformations", []), ms.get("coordinateTransformations", [])):
+            for t in transforms or []:
+                if t.get("type") == "scale":
+                    scale = scale * np.asarray(t["scale"], float)
+        if not any(t.get("type") == "scale" for t in level.get("coordinateTransformations", []) or []):
+            raise InputError(f"{path}: the image holds no voxel size (no scale); give it with --spacing Z Y X (micrometres).")
+        um = []
+        for axis in ("z", "y", "x"):
+            unit = str(axes[names.index(axis)].get("unit") or "micrometer").lower()
+            if unit not in _UNITS_UM:
+                raise InputError(f"{path}: axis {axis} has unit {unit!r}; known units: {sorted(_UNITS_UM)}.")
+            um.append(float(scale[names.index(axis)]) * _UNITS_UM[unit])
+        sp = check_spacing(um, name=f"voxel size of {path.name}")
+    order = [names.index(a) for a in ("z", "y", "x")]
+    if order != sorted(order):
+        raise InputError(f"{path}: its axes {names} are not in z, y, x order.")
+    index = tuple(None if name in ("z", "y", "x") else 0 for name in names)
+    return ZarrStack(path, array, index, sp)
 
 
 class ScratchVolume(_Boxes):
@@ -262,4 +438,4 @@ class ScratchVolume(_Boxes):
         self.close()
 
 
-__all__ = ["LazyStack", "ScratchVolume", "open_stack"]
+__all__ = ["LazyStack", "ScratchVolume", "ZarrStack", "open_ome_zarr", "open_stack", "stack_fingerprint", "stack_stem"]

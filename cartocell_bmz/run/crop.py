@@ -361,6 +361,7 @@ def candidates_from_code(code: Any, spacing: Sequence[float], settings: CropSett
 
 def _write_crops(stack: Any, found: list[Candidate], out: Path, settings: CropSettings) -> list[dict]:
     """Crop the kept candidates of one stack into ``OUT/x/``; one table row per candidate."""
+    from cartocell_bmz.io.stacks import stack_stem
     from cartocell_bmz.io.volumes import write_volume
 
     margin = tuple(int(math.ceil(settings.margin_um / s)) for s in stack.spacing)
@@ -368,7 +369,7 @@ def _write_crops(stack: Any, found: list[Candidate], out: Path, settings: CropSe
     for n, c in enumerate(found, start=1):
         crop = ""
         if c.kept:
-            name = f"{stack.path.stem}_cyst_{n:03d}.tif"
+            name = f"{stack_stem(stack.path)}_cyst_{n:03d}.tif"
             write_volume(out / RAW_DIR / name, stack[crop_box(c.box, margin, stack.shape)], stack.spacing)
             crop = f"{RAW_DIR}/{name}"
         rows.append({"stack": stack.path.name, "candidate": n, **dict(zip(CANDIDATE_COLUMNS[2:8], c.box)),
@@ -394,8 +395,9 @@ def _record_key(stack: Path, settings: CropSettings, spacing: Sequence[float] | 
     """What a finished stack's record must match: the stack file and the crop settings."""
     from dataclasses import asdict
 
-    stat = stack.stat()
-    return json.loads(json.dumps({"stack": stack.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+    from cartocell_bmz.io.stacks import stack_fingerprint
+
+    return json.loads(json.dumps({"stack": stack.name, **stack_fingerprint(stack),
                                   "settings": asdict(settings), "spacing": None if spacing is None else list(spacing)}))
 
 

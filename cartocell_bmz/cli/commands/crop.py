@@ -12,7 +12,7 @@ from cartocell_bmz.engine.plan import SCHEDULER_HELP, WORKERS_HELP
 
 
 def command(
-    stacks: List[Path] = typer.Argument(..., help="TIFF stacks (Z, Y, X) of whole acquisitions."),
+    stacks: List[Path] = typer.Argument(..., help="TIFF stacks (Z, Y, X) or OME-Zarr images of whole acquisitions."),
     model: str = typer.Option(..., "--model", "-m", help="A name in model_packages/, a package folder, .zip or "
                                                           "rdf.yaml, a BioImage Model Zoo id, or a training run."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: x/ (the crops) and candidates.csv."),
