@@ -9,7 +9,9 @@ of a batch of normalised tiles to B, C, M outputs, a fingerprint of its weights
 
 - :class:`PackageBackend`: a BMZ package run by bioimageio.core (its weight
   formats, its preprocessing, its sigmoid postprocessing), channels-last CPU
-  weights, the architecture file's sha256 checked before it is imported.
+  weights, the architecture file's sha256 checked before it is imported; ONNX
+  weights through onnxruntime on torch's thread count
+  (:mod:`~cartocell_bmz.run.onnx_runtime`), the default on CPU (:func:`default_weights`).
 - :class:`TorchBackend`: a torch network in memory, from a training run folder
   (:func:`~cartocell_bmz.train.run.load_network`) or during training; normalised
   with :func:`~cartocell_bmz.core.normalize.zero_mean_unit_variance`, the
@@ -24,11 +26,33 @@ from typing import Any, Callable
 
 import numpy as np
 
+from cartocell_bmz.bmz.formats import RUNNABLE_WEIGHT_FORMATS
 from cartocell_bmz.errors import ConfigError, ModelError, one_line
 from cartocell_bmz.run.geometry import AxisSize, ModelSizes, channel_order
 
-#: Weight formats of a package the runner can use (both through bioimageio.core's torch backends).
-WEIGHT_FORMATS: tuple[str, ...] = ("pytorch_state_dict", "torchscript")
+#: Weight formats of a package the runner can use (its home: :data:`cartocell_bmz.bmz.formats.RUNNABLE_WEIGHT_FORMATS`).
+WEIGHT_FORMATS: tuple[str, ...] = RUNNABLE_WEIGHT_FORMATS
+
+
+def default_weights(available: Any, device: str) -> str | None:
+    """The weight format the runner uses when none is asked for, or ``None`` when none is runnable.
+
+    On CPU, ONNX when the package has it and onnxruntime is installed (onnxruntime ran the
+    six packages 1.2-1.5x faster than torch on the same threads: ``benchmarks/bench_predict.py
+    --onnx``); otherwise pytorch_state_dict, then torchscript, then onnx.
+
+    Examples
+    --------
+    >>> default_weights(("pytorch_state_dict", "torchscript"), "cpu")
+    'pytorch_state_dict'
+    >>> default_weights(("onnx", "pytorch_state_dict"), "cuda")
+    'pytorch_state_dict'
+    """
+    import importlib.util
+
+    if device == "cpu" and "onnx" in available and importlib.util.find_spec("onnxruntime") is not None:
+        return "onnx"
+    return next((w for w in WEIGHT_FORMATS if w in available), None)
 
 
 class Backend:
@@ -82,8 +106,8 @@ class PackageBackend(Backend):
     ----------
     model : ResolvedModel
         From :func:`~cartocell_bmz.bmz.resolve.resolve_model`.
-    weights : {None, "pytorch_state_dict", "torchscript"}
-        Default pytorch_state_dict when present, else torchscript.
+    weights : {None, "pytorch_state_dict", "torchscript", "onnx"}
+        Default: :func:`default_weights` (ONNX on CPU when present, else pytorch_state_dict, then torchscript).
     device : str
         A ``--device`` value (:func:`~cartocell_bmz.run.device.resolve_device`).
     """
@@ -94,20 +118,26 @@ class PackageBackend(Backend):
         self.model = model
         self.name = model.name
         available = model.weight_formats
+        self.device = str(resolve_device(device))
         if weights is None:
-            usable = [w for w in WEIGHT_FORMATS if w in available]
-            if not usable:
-                raise ModelError(f"model {model.name}: has no pytorch_state_dict or torchscript weights ({', '.join(available)}).")
-            weights = usable[0]
+            weights = default_weights(available, self.device)
+            if weights is None:
+                raise ModelError(f"model {model.name}: has no {', '.join(WEIGHT_FORMATS)} weights "
+                                 f"({', '.join(available)}).")
         if weights not in WEIGHT_FORMATS:
-            raise ConfigError(f"--weights {weights!r}: use pytorch_state_dict or torchscript.")
+            raise ConfigError(f"--weights {weights!r}: use {', '.join(WEIGHT_FORMATS)}.")
         if weights not in available:
             raise ModelError(f"model {model.name}: has no {weights} weights (it has {', '.join(available)}).")
         if weights == "pytorch_state_dict":
             check_architecture_hash(model)
+        if weights == "onnx":  # a missing onnxruntime or a device it cannot use: one line, before any work
+            from cartocell_bmz.bmz.onnx import import_onnxruntime
+            from cartocell_bmz.run.onnx_runtime import onnx_providers
+
+            import_onnxruntime()
+            onnx_providers(self.device)
         self.weights = weights
         self.sizes = description_sizes(model.description)
-        self.device = str(resolve_device(device))
         self.fingerprint = model.rdf_sha256
         out = model.description.outputs[0]
         self.has_sigmoid = any(str(p.id) == "sigmoid" for p in out.postprocessing)
@@ -121,9 +151,14 @@ class PackageBackend(Backend):
             return
         from bioimageio.core import create_prediction_pipeline
 
+        adapter = None
+        if self.weights == "onnx":
+            from cartocell_bmz.run.onnx_runtime import onnx_adapter
+
+            adapter = onnx_adapter(self.model.description, self.device)  # one-line errors of its own
         try:
             self.pipeline = create_prediction_pipeline(self.model.description, devices=[self.device],
-                                                       weights_format=self.weights)
+                                                       weights_format=self.weights, model_adapter=adapter)
         except Exception as exc:
             missing = missing_module_message(exc)
             if missing:
@@ -508,6 +543,7 @@ __all__ = [
     "TorchBackend",
     "WEIGHT_FORMATS",
     "check_architecture_hash",
+    "default_weights",
     "description_sizes",
     "missing_module_message",
     "open_backend",
