@@ -12,6 +12,9 @@ they can be checked here without installing them:
   than the torch the weights were saved with, so whether they load is not known here.
 - **bioimageio.core**: its own test of each weight format
   (:func:`~cartocell_bmz.bmz.validate.validate_package`), run here.
+- **ONNX file** (what deepImageJ and ilastik load): one file, no external data, opset
+  <= 18, one input and one output, dynamic z, y, x (:func:`onnx_verdict`, the file itself
+  read with :func:`~cartocell_bmz.bmz.onnx.inspect_onnx`).
 """
 
 from __future__ import annotations
@@ -231,8 +234,48 @@ def _weight_formats(content: Mapping[str, Any]) -> list[str]:
     return [k for k, v in (content.get("weights") or {}).items() if v]
 
 
+def onnx_verdict(content: Mapping[str, Any], data: bytes | None = None) -> Verdict:
+    """The ONNX weights' layout as deepImageJ and ilastik need it: one file, opset <= 18, one input and output.
+
+    Parameters
+    ----------
+    content : mapping
+        The raw description.
+    data : bytes, optional
+        The ONNX file's bytes: its own opset, inputs, outputs and external data are read
+        (else only what the description says).
+    """
+    from cartocell_bmz.bmz.onnx import MAX_OPSET, OnnxFacts, inspect_onnx, layout_problems
+
+    name = "ONNX file"
+    entry = (content.get("weights") or {}).get("onnx")
+    if not isinstance(entry, Mapping) or not entry:
+        return Verdict(name, False, None, "the package has no onnx weights (deepImageJ's most widely run format)")
+    declared = entry.get("opset_version")
+    if data is None:
+        external = entry.get("external_data") is not None
+        problems = [f"opset {declared} is newer than {MAX_OPSET}, the newest deepImageJ runs"] \
+            if isinstance(declared, int) and declared > MAX_OPSET else []
+        problems += ["its weights are in an external data file, not in the one file"] if external else []
+        detail = f"{entry.get('source')}: opset {declared}, {'external data' if external else 'one file'} " \
+                 "(as described; the file was not read)"
+        return Verdict(name, not problems, None, "; ".join(problems) or detail)
+    try:
+        facts: OnnxFacts = inspect_onnx(data)
+    except Exception as exc:  # a ModelError naming the bytes
+        return Verdict(name, False, None, f"{entry.get('source')}: {exc}")
+    problems = layout_problems(facts)
+    if entry.get("external_data") is not None and not facts.external_data:
+        problems.append("the description lists an external data file that the model does not use")
+    if declared != facts.opset:
+        problems.append(f"the description says opset {declared}, the file has {facts.opset}")
+    return Verdict(name, not problems, None, "; ".join(problems) or f"{entry.get('source')}: {facts}")
+
+
 def tool_verdicts(content: Mapping[str, Any]) -> list[Verdict]:
     """BiaPy's, ilastik's and deepImageJ's verdicts on a raw description (nothing is run)."""
+    from cartocell_bmz.bmz.onnx import MAX_OPSET
+
     biapy = biapy_reading(content)
     if biapy.error:
         verdicts = [Verdict("BiaPy 3.7.1", False, None, biapy.reason)]
@@ -244,11 +287,15 @@ def tool_verdicts(content: Mapping[str, Any]) -> list[Verdict]:
                             "BiaPy loads packages by BMZ id from the online collection")]
     n_in, n_out = len(content.get("inputs") or []), len(content.get("outputs") or [])
     formats = _weight_formats(content)
+    opset = ((content.get("weights") or {}).get("onnx") or {}).get("opset_version")
     for name, accepted, note in (
         ("ilastik", ILASTIK_WEIGHTS, ""),
         ("deepImageJ", DEEPIMAGEJ_WEIGHTS,
          "; its PyTorch engines are far older than torch {torch}: whether they load these weights is not known"),
     ):
+        if name == "deepImageJ" and "onnx" in formats:
+            note = (f"; onnx (opset {opset}) is within its ONNX engines' opsets (<= {MAX_OPSET}); its PyTorch engines are "
+                    "far older than torch {torch}: whether they load the TorchScript is not known")
         usable = [f for f in formats if f in accepted]
         if (n_in, n_out) != (1, 1):
             verdicts.append(Verdict(name, False, None, f"needs one input and one output tensor, has {n_in} and {n_out}"))
@@ -272,7 +319,8 @@ def _torch_version(content: Mapping[str, Any], formats: Sequence[str]) -> str:
 
 def consumer_verdicts(package: str | os.PathLike, *, devices: Sequence[str] | None = None,
                       run_core: bool = True) -> list[Verdict]:
-    """One verdict per consumer of a local package: bioimageio.core per weight format, BiaPy, ilastik, deepImageJ.
+    """One verdict per consumer of a local package: bioimageio.core per weight format, BiaPy, ilastik, deepImageJ,
+    and the ONNX file's layout (:func:`onnx_verdict`).
 
     Parameters
     ----------
@@ -305,7 +353,26 @@ def consumer_verdicts(package: str | os.PathLike, *, devices: Sequence[str] | No
             if row.check != DESCRIPTION_ROW:
                 verdicts.append(Verdict(f"{name} ({row.check})", described, row.passed,
                                         f"test passed ({row.n_tests} tests)" if row.passed else str(row.error)))
-    return verdicts + tool_verdicts(content)
+    onnx_bytes = _onnx_bytes(package, content)
+    return verdicts + tool_verdicts(content) + [onnx_verdict(content, onnx_bytes)]
+
+
+def _onnx_bytes(package: str | os.PathLike, content: Mapping[str, Any]) -> bytes | None:
+    """The bytes of a local package's ONNX file, or ``None`` (no onnx weights, or not readable here)."""
+    import zipfile
+    from pathlib import Path
+
+    source = ((content.get("weights") or {}).get("onnx") or {}).get("source")
+    if not isinstance(source, str) or "://" in source or source.startswith("/") or ".." in Path(source).parts:
+        return None
+    path = Path(package)
+    try:
+        if path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as zf:
+                return zf.read(source)
+        return ((path if path.is_dir() else path.parent) / source).read_bytes()
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 __all__ = [
@@ -318,5 +385,6 @@ __all__ = [
     "Verdict",
     "biapy_reading",
     "consumer_verdicts",
+    "onnx_verdict",
     "tool_verdicts",
 ]

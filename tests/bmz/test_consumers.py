@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cartocell_bmz.bmz.consumers import biapy_reading, consumer_verdicts, tool_verdicts
+from cartocell_bmz.bmz.consumers import biapy_reading, consumer_verdicts, onnx_verdict, tool_verdicts
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = sorted(p for p in (ROOT / "model_packages").iterdir() if (p / "rdf.yaml").is_file())
@@ -69,8 +69,11 @@ def test_ilastik_and_deepimagej_rules():
     by_name = {v.consumer: v for v in tool_verdicts(rdf)}
     assert by_name["ilastik"].reads and "pytorch_state_dict, torchscript" in by_name["ilastik"].detail
     assert by_name["deepImageJ"].reads and by_name["deepImageJ"].runs is None
+    assert "weights onnx, torchscript; onnx (opset 17) is within its ONNX engines' opsets (<= 18)" \
+        in by_name["deepImageJ"].detail
+    assert "weights onnx, pytorch_state_dict, torchscript" in by_name["ilastik"].detail
     only_sd = copy.deepcopy(rdf)
-    del only_sd["weights"]["torchscript"]
+    del only_sd["weights"]["torchscript"], only_sd["weights"]["onnx"]
     dij = {v.consumer: v for v in tool_verdicts(only_sd)}["deepImageJ"]
     assert not dij.reads and "pytorch_state_dict" in dij.detail
     two_out = copy.deepcopy(rdf)
@@ -78,9 +81,29 @@ def test_ilastik_and_deepimagej_rules():
     assert not {v.consumer: v for v in tool_verdicts(two_out)}["ilastik"].reads
 
 
+def test_onnx_file_verdict_reads_the_file_and_names_what_a_consumer_refuses():
+    rdf = _rdf(PACKAGES[0])
+    data = (PACKAGES[0] / "weights.onnx").read_bytes()
+    ok = onnx_verdict(rdf, data)
+    assert ok.reads and ok.runs is None
+    assert ok.detail.startswith("weights.onnx: opset 17, one file (") and "1 input, 1 output, dynamic z, y, x" in ok.detail
+    assert onnx_verdict(rdf).reads and "(as described; the file was not read)" in onnx_verdict(rdf).detail
+    newer = copy.deepcopy(rdf)
+    newer["weights"]["onnx"]["opset_version"] = 19
+    assert onnx_verdict(newer, data).detail == "the description says opset 19, the file has 17"
+    assert not onnx_verdict(newer).reads and "opset 19 is newer than 18" in onnx_verdict(newer).detail
+    split = copy.deepcopy(rdf)
+    split["weights"]["onnx"]["external_data"] = {"source": "weights.onnx.data"}
+    assert "external data file" in onnx_verdict(split).detail and not onnx_verdict(split, data).reads
+    del split["weights"]["onnx"]
+    assert not onnx_verdict(split).reads and "has no onnx weights" in onnx_verdict(split).detail
+    assert not onnx_verdict(rdf, b"junk").reads and "is not an ONNX model" in onnx_verdict(rdf, b"junk").detail
+
+
 def test_consumer_verdicts_one_line_per_consumer_without_core():
     lines = [str(v) for v in consumer_verdicts(PACKAGES[0], run_core=False)]
-    assert [line.split(":")[0] for line in lines] == ["BiaPy 3.7.1", "ilastik", "deepImageJ"]
+    assert [line.split(":")[0] for line in lines] == ["BiaPy 3.7.1", "ilastik", "deepImageJ", "ONNX file"]
+    assert lines[3].startswith("ONNX file: reads: weights.onnx: opset 17, one file")
     assert "F+C+M (F=B, C=C, M=M)" in lines[0]
 
 
@@ -93,7 +116,9 @@ def test_validate_consumers_command(tmp_path):
     result = CliRunner().invoke(app, ["validate", str(package), "--consumers", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines[0].startswith("bioimageio.core") and "(pytorch_state_dict): reads, runs" in lines[0]
-    assert "(torchscript): reads, runs" in lines[1]
-    assert lines[2].startswith("BiaPy 3.7.1: reads: INSTANCE_SEG 3D, channels F+C+M")
-    assert lines[3].startswith("ilastik: reads") and lines[4].startswith("deepImageJ: reads")
+    assert lines[0].startswith("bioimageio.core") and "(onnx): reads, runs" in lines[0]
+    assert "(pytorch_state_dict): reads, runs" in lines[1] and "(torchscript): reads, runs" in lines[2]
+    assert lines[3].startswith("BiaPy 3.7.1: reads: INSTANCE_SEG 3D, channels F+C+M")
+    assert lines[4].startswith("ilastik: reads") and "weights onnx, pytorch_state_dict, torchscript" in lines[4]
+    assert lines[5].startswith("deepImageJ: reads") and "weights onnx, torchscript" in lines[5]
+    assert lines[6].startswith("ONNX file: reads: weights.onnx: opset 17, one file")
