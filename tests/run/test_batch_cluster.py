@@ -81,6 +81,18 @@ def test_a_bad_volume_on_the_cluster_costs_only_itself(package, address, tmp_pat
     assert sorted(p.name for p in (tmp_path / "out" / VORONOI_DIR).iterdir()) == ["cyst_00.tif", "cyst_01.tif"]
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--scheduler", "dask"], "--scheduler must be 'local', 'sync' or a Dask scheduler address"),
+    (["--scheduler", "tcp://127.0.0.1:8786", "--workers", "2"], "--workers applies to the local cluster only"),
+])
+def test_a_bad_scheduler_is_one_line_before_any_work(args, words, tmp_path):
+    images = _cysts(tmp_path / "x", 2)
+    result = runner.invoke(app, ["predict", str(images), "--model", "no-such-model", "--out", str(tmp_path / "o"),
+                                 *args])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1 and words in lines[0], result.output
+
+
 def test_measure_on_a_cluster_writes_the_sync_tables(address, tmp_path, small_cyst):
     from cartocell_bmz.core.phantoms import make_cyst
     from cartocell_bmz.io.volumes import write_volume
