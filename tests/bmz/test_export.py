@@ -68,7 +68,7 @@ def test_package_passes_bioimageio_core_test_offline(built):
     from bioimageio.core import test_model
 
     with no_network() as attempts:
-        for wf in ("pytorch_state_dict", "torchscript"):
+        for wf in ("pytorch_state_dict", "torchscript", "onnx"):
             summary = test_model(built["package"], weight_format=wf, devices=["cpu"])
             failed = [(d.name, [e.msg[:200] for e in d.errors]) for d in summary.details if d.status != "passed"]
             assert summary.status == "passed", failed
@@ -114,10 +114,12 @@ def test_description_round_trips_with_every_field(built):
     assert all(m - 2 * h >= d for m, h, d in zip(sizes.minimum, halo, div))
     assert all(str(a.size.tensor_id) == INPUT_ID for a in out.axes[2:])
 
-    # both weight formats, the architecture file travels with its sha256, kwargs are the run's
+    # three weight formats, the architecture file travels with its sha256, kwargs are the run's
     sd = descr.weights.pytorch_state_dict
     assert sd.architecture.callable == "ResUNet" and sd.architecture.kwargs["feature_maps"] == [4, 8]
     assert descr.weights.torchscript.parent == "pytorch_state_dict"
+    assert descr.weights.onnx.parent == "pytorch_state_dict" and descr.weights.onnx.opset_version == 17
+    assert descr.weights.onnx.external_data is None
 
     # every file of the rdf carries a sha256 that matches its bytes
     rdf = rdf_of(built["package"])
@@ -135,7 +137,7 @@ def test_description_round_trips_with_every_field(built):
 
     collect(rdf)
     names = {f["source"] for f in files}
-    assert {"weights_state_dict.pt", "weights_torchscript.pt", "resunet.py", "test_input.npy",
+    assert {"weights_state_dict.pt", "weights_torchscript.pt", "weights.onnx", "resunet.py", "test_input.npy",
             "test_output.npy"} <= names
     import hashlib
 
@@ -311,7 +313,8 @@ def test_rebuild_with_the_cli_gives_identical_weights_and_rdf(built, monkeypatch
         result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert attempts == []
-    for name in ("weights_state_dict.pt", "weights_torchscript.pt", "rdf.yaml", "test_output.npy", "resunet.py"):
+    for name in ("weights_state_dict.pt", "weights_torchscript.pt", "weights.onnx", "rdf.yaml", "test_output.npy",
+                 "resunet.py"):
         assert member(out, name) == member(built["package"], name), name
     # the state dict is the run's best checkpoint, value for value
     import torch
