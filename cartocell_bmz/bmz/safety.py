@@ -408,8 +408,9 @@ def code_notice(descr: Any, root: Path, package: str) -> str:
             )
         else:
             lines.append(f"model {package}: its pytorch_state_dict weights import {arch.import_from}.{arch.callable}")
-    if weights.torchscript is not None:
-        lines.append("--weights torchscript runs it without importing any Python file")
+    plain = [f for f in ("torchscript", "onnx") if getattr(weights, f, None) is not None]
+    if plain:
+        lines.append(f"--weights {' or '.join(plain)} runs it without importing any Python file")
     lines.append("pass --trust to silence this notice")
     return "; ".join(lines) + "."
 

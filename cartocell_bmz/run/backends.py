@@ -402,8 +402,8 @@ def check_architecture_hash(model: Any) -> None:
     if source is None or getattr(arch, "sha256", None) is not None:
         return  # an installed library (import_from), or a file with its hash
     name = getattr(source, "path", None) or str(source)
-    other = ("run it with --weights torchscript (imports no Python file) or "
-             if "torchscript" in model.weight_formats else "")
+    plain = [f for f in ("torchscript", "onnx") if f in model.weight_formats]
+    other = f"run it with --weights {' or '.join(plain)} (imports no Python file) or " if plain else ""
     raise ModelError(
         f"model {model.name}: its architecture file {name} has no sha256 in the description, so it cannot be "
         f"checked before it runs as Python code; {other}add the file's sha256 to the description."
