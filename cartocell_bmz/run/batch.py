@@ -22,6 +22,7 @@ Progress is reported through a ``progress=`` callback (:mod:`cartocell_bmz.io.pr
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -128,18 +129,19 @@ class PredictSummary:
         return text
 
 
-# one loaded model per process, reused by consecutive calls (Dask workers, folders)
-_LOADED: dict[tuple, Any] = {}
+# one loaded model per thread (a Dask worker's task thread, or the caller's), reused by its next calls
+_LOADED = threading.local()
 
 
 def loaded_predictor(model: Any, *, weights: str | None = None, tile: Sequence[int] | None = None,
                      batch_size: int = 1, device: str = "auto", trust: bool = False) -> Any:
-    """The :class:`~cartocell_bmz.run.predictor.Predictor` of ``model``, loaded once per process.
+    """The :class:`~cartocell_bmz.run.predictor.Predictor` of ``model``, loaded once per thread.
 
-    A worker of the engine (:mod:`cartocell_bmz.engine.cluster`) keeps its model for the next
-    volume: the predictor is cached by the model's location and content digest, the weight
-    format, tile, batch size and device. A different model closes the one held before (one
-    model in memory per process). A given ``Predictor`` is returned as it is.
+    A worker of the engine (:mod:`cartocell_bmz.engine.cluster`, one thread per worker process)
+    keeps its model for the next volume: the predictor is cached by the model's location and
+    content digest, the weight format, tile, batch size and device. A different model closes
+    the one the thread held before (one model in memory per thread; threads of one process
+    never share or close each other's). A given ``Predictor`` is returned as it is.
     """
     from cartocell_bmz.bmz.resolve import resolve_model
     from cartocell_bmz.run.predictor import Predictor
@@ -153,12 +155,13 @@ def loaded_predictor(model: Any, *, weights: str | None = None, tile: Sequence[i
         resolved = resolve_model(model, trust=trust)
         where, digest = str(resolved.rdf_path), resolved.rdf_sha256
     key = (where, digest, weights, tuple(tile) if tile else None, batch_size, device)
-    if key not in _LOADED:
-        for old in list(_LOADED.values()):
+    held: dict = _LOADED.__dict__.setdefault("models", {})
+    if key not in held:
+        for old in list(held.values()):
             old.close()
-        _LOADED.clear()
-        _LOADED[key] = Predictor(resolved, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=True)
-    return _LOADED[key]
+        held.clear()
+        held[key] = Predictor(resolved, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=True)
+    return held[key]
 
 
 def _spacing(spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
