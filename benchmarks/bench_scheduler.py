@@ -56,13 +56,13 @@ def one_run(model: str, images: Path, out: Path, scheduler: str, workers: int | 
     before = load()
     finished: list[float] = []
 
-    def heard(done, total, message=""):  # on a cluster: one report per finished volume
-        if done:
+    def heard(done, total, message=""):  # the time each volume is done (tile reports repeat the count)
+        if done > len(finished):
             finished.append(time.perf_counter())
 
     t0 = time.perf_counter()
     summary = predict_folder(model, images, out, scheduler=scheduler, workers=workers, overwrite=True, device="cpu",
-                             trust=True, progress=heard if scheduler != "sync" else None)
+                             trust=True, progress=heard)
     seconds = time.perf_counter() - t0
     # steady rate: volumes finished after the first one, over the time since it (no start-up, no model loading)
     steady = (len(finished) - 1) / (finished[-1] - finished[0]) if len(finished) > 2 else float("nan")

@@ -60,7 +60,7 @@ def map_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], plan: Plan, *, tit
         Small, picklable task descriptions.
     plan : Plan
         From :func:`~cartocell_bmz.engine.plan.plan_workers`. On a local cluster each
-        worker first sets its torch threads to ``plan.torch_threads``.
+        worker first sets its torch threads to ``plan.torch_threads`` (``None``: torch is left alone).
     title : str
         The first progress message (``progress(0, total, title)``) and the prefix of the Dask keys.
     describe : callable
@@ -111,15 +111,12 @@ def map_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], plan: Plan, *, tit
 def run_with_threads(fn: Callable[[Any], Any], threads: int, task: Any) -> Any:
     """``fn(task)`` with torch's CPU threads set to ``threads`` first (a worker's share of the cores).
 
-    Torch is not imported for it: before torch is loaded, ``OMP_NUM_THREADS`` (which Dask's
-    nanny sets to 1) is what torch reads when a task imports it.
+    Dask's nanny starts workers with ``OMP_NUM_THREADS=1``, which the OpenMP runtime has
+    read before any task runs, so the count is set through torch itself (imported here).
     """
-    import os
-    import sys
+    import torch
 
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() != threads:
+    if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return fn(task)
 

@@ -27,7 +27,7 @@ import math
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -234,6 +234,7 @@ def measure_files(
         from cartocell_bmz.engine.plan import available_memory_gb, plan_workers
 
         plan = plan_workers(mode, len(todo), workers=workers, memory_gb=available_memory_gb())
+        plan = replace(plan, torch_threads=None)  # no network: the workers need not load torch
         done = map_tasks(_measure_job, todo, plan, title="measured", describe=lambda j: j.stem, progress=progress)
         measured = {**found, **{j.stem: got for j, got in zip(todo, done)}}
     parts, slices, used = [], {}, {}
