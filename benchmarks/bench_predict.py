@@ -5,6 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_predict.py --state-dict RUN/checkpoints/best.pt --arch resunet
     .venv/bin/python benchmarks/bench_predict.py --package model_packages/NAME      # a parameterised package
     .venv/bin/python benchmarks/bench_predict.py --memory                           # 128 x 512 x 512, published size
+    .venv/bin/python benchmarks/bench_predict.py --onnx --package model_packages/NAME  # onnxruntime vs torch, CPU
 
 Each method runs in its own fresh process on the same model and the same
 synthetic cyst, and reports its wall time (normalisation to probabilities, the
@@ -37,6 +38,12 @@ Scenarios:
   batch (input, normalised copy and output are allocated before it; later tiles
   reuse the same buffers), so by default the run stops after ``--memory-tiles``
   tiles and says so (measured: 1.90 GiB after 4 tiles, 1.92 GiB after all 200).
+* onnx (``--onnx``): our runner on CPU with the package's ``pytorch_state_dict``
+  weights (torch, channels-last) and with its ``onnx`` weights (onnxruntime), each in
+  a fresh process on the same volume (``--param-shape``), tile and ``--threads``
+  (torch's and onnxruntime's intra-op threads); throughput of each, the ratio
+  onnxruntime / torch and the largest probability difference between the two.
+  Each measures (and caches) its own margins beforehand, as a user's first run does.
 """
 
 from __future__ import annotations
@@ -83,7 +90,8 @@ def child(method: str, package: str, volume_path: str, out_path: str, tile: str,
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     tile_t = tuple(int(t) for t in tile.split(",")) if tile else None
     volume = np.load(volume_path, mmap_mode="r" if method == "ours" else None)
-    with Predictor(package, trust=True, tile=tile_t, batch_size=batch, device="cpu") as p:
+    weights = os.environ.get("BENCH_WEIGHTS") or None  # None: the runner's default
+    with Predictor(package, trust=True, tile=tile_t, batch_size=batch, device="cpu", weights=weights) as p:
         plan = p.plan(volume.shape) if method == "ours" else None
         if max_tiles:
             forward, calls = p.forward, [0]
@@ -111,7 +119,7 @@ def child(method: str, package: str, volume_path: str, out_path: str, tile: str,
     if probs is not None:
         np.save(out_path, probs)
     print(json.dumps({
-        "seconds": seconds, "peak_mib": mem["VmHWM"], "base_mib": base, "stopped": stopped,
+        "seconds": seconds, "peak_mib": mem["VmHWM"], "base_mib": base, "stopped": stopped, "weights": p.weights,
         "tiles": plan.n_tiles if plan is not None else 1,
         "tiles_run": min(plan.n_tiles, max_tiles) if (plan is not None and max_tiles) else None,
         "margin": list(em.margin) if em else None, "overlap": list(em.overlap) if em else None,
@@ -219,10 +227,14 @@ def main() -> None:
     ap.add_argument("--border", type=int, default=16)
     ap.add_argument("--scenarios", default="fixed,param", help="Comma-separated: fixed, param.")
     ap.add_argument("--memory", action="store_true", help="Only the 128 x 512 x 512 memory run.")
+    ap.add_argument("--onnx", action="store_true",
+                    help="Only onnxruntime vs torch on CPU: --package (default model_packages/synthetic-unet), "
+                         "--param-shape, --threads.")
     ap.add_argument("--memory-shape", type=int, nargs=3, default=(128, 512, 512))
     ap.add_argument("--memory-tiles", type=int, default=4)
     ap.add_argument("--biapy-python", default=str(DEFAULT_BIAPY_PYTHON))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2, help="--onnx: runs of each weight format (fastest kept).")
     ap.add_argument("--child", nargs=7, metavar=("METHOD", "PKG", "VOL", "OUT", "TILE", "BATCH", "MAXTILES"))
     args = ap.parse_args()
     if args.child:
@@ -238,7 +250,11 @@ def main() -> None:
            "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     print(f"work folder {work}", file=sys.stderr)
     sections = []
-    if args.memory:
+    if args.onnx:
+        pkg = Path(args.package or ROOT / "model_packages" / "synthetic-unet")
+        vol = make_cyst(tuple(args.param_shape), (1.0, 0.5, 0.5), stage="day10", seed=12).raw.astype(np.float32)
+        sections.append(onnx_scenario(pkg, vol, work, env, args))
+    elif args.memory:
         from cartocell_bmz.networks import preset_kwargs
 
         kwargs = preset_kwargs(args.arch, "paper")
@@ -286,11 +302,49 @@ def main() -> None:
     print("\n\n".join(sections))
 
 
+def onnx_scenario(package: Path, volume: np.ndarray, work: Path, env: dict, args) -> str:
+    """Our runner with the package's torch weights, then its ONNX weights: same volume, tile, threads."""
+    vol_path = work / "onnx_volume.npy"
+    np.save(vol_path, volume)
+    rows: dict = {}
+    names = ("pytorch_state_dict", "onnx")
+    for weights in names:
+        _measure_once(package, {**env, "BENCH_WEIGHTS": weights}, work, volume.shape)
+    for i in range(args.repeat):  # alternating, so that a busy spell of the machine hits both; fastest kept
+        for weights in names:
+            out = str(work / f"onnx_{weights}.npy")
+            print(f"  {package.name}: {weights} (run {i + 1}/{args.repeat}) ...", file=sys.stderr, flush=True)
+            cmd = [sys.executable, __file__, "--child", "ours", str(package), str(vol_path), out, args.tile or "",
+                   str(args.batch), "0"]
+            res = {**_run(cmd, {**env, "BENCH_WEIGHTS": weights}), "out": out}
+            assert res["weights"] == weights, res["weights"]
+            runs = rows.get(weights, {}).get("runs", []) + [res["seconds"]]
+            rows[weights] = min(rows.get(weights, res), res, key=lambda r: r["seconds"]) | {"runs": runs}
+    torch_row, onnx_row = rows["pytorch_state_dict"], rows["onnx"]
+    diff = float(np.abs(np.load(onnx_row["out"]) - np.load(torch_row["out"])).max())
+    voxels = int(np.prod(volume.shape))
+    lines = [f"### onnxruntime vs torch on CPU: {package.name}, {' x '.join(map(str, volume.shape))} voxels, "
+             f"{args.threads} thread(s), {os.cpu_count()} CPU(s)", "",
+             "| weights | runs on | tiles | margins | time (s), fastest | runs (s) | voxels/s | peak RSS (MiB) | "
+             "max diff vs torch |",
+             "|---|---|---:|---|---:|---|---:|---:|---:|"]
+    for weights, r in rows.items():
+        engine = "onnxruntime" if weights == "onnx" else "torch"
+        lines.append(f"| {weights} | {engine} | {r['tiles']} | {r['margin']} | {r['seconds']:.1f} | "
+                     f"{', '.join(f'{t:.1f}' for t in r['runs'])} | {voxels / r['seconds']:,.0f} | {r['peak_mib']:.0f} | "
+                     f"{diff if weights == 'onnx' else 0.0:.2g} |")
+    ratio = torch_row["seconds"] / onnx_row["seconds"]
+    lines += ["", f"throughput ratio onnxruntime / torch: {ratio:.2f}x "
+                  f"({'faster' if ratio > 1 else 'slower'}); largest probability difference {diff:.2g}"]
+    return "\n".join(lines)
+
+
 def _measure_once(pkg: Path, env: dict, work: Path, shape) -> None:
     """Measure (and cache) the runner's margins for this package before timing it."""
-    code = ("import sys, numpy as np, torch; torch.set_num_threads(%d)\n"
+    code = ("import os, sys, numpy as np, torch; torch.set_num_threads(%d)\n"
             "from cartocell_bmz.run.predictor import Predictor\n"
-            "p = Predictor(sys.argv[1], trust=True, device='cpu'); g = p.geometry(%r); print(p.edge_margins(g))"
+            "p = Predictor(sys.argv[1], trust=True, device='cpu', weights=os.environ.get('BENCH_WEIGHTS') or None)\n"
+            "g = p.geometry(%r); print(p.edge_margins(g))"
             % (int(env.get("BENCH_THREADS", "2")), tuple(shape)))
     proc = subprocess.run([sys.executable, "-c", code, str(pkg)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
