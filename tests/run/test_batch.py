@@ -138,7 +138,7 @@ def test_predict_command(package, images, tmp_path):
         (["--model", "no-such-model"], "cannot fetch model 'no-such-model'"),
         (["--model", "missing/model.zip"], "no such model file or folder"),
         (["--model", "PKG", "--tile", "16", "32", "32"], "takes fixed tiles of 32 x 32 x 32"),
-        (["--model", "PKG", "--weights", "onnx"], "--weights 'onnx'"),
+        (["--model", "PKG", "--weights", "keras_hdf5"], "--weights 'keras_hdf5'"),
         (["--model", "PKG", "--spacing", "1", "0", "1"], "spacing"),
     ],
 )
