@@ -157,22 +157,24 @@ def crop_stacks(
     for p in paths:  # every stack is checked before anything is written
         open_stack(p, spacing).close()
     out = ensure_output_dir(out)
+    model, model_id = _identify(model, trust)
     job = _CropJob(out=out, settings=settings, spacing=None if spacing is None else tuple(spacing),
-                   weights=weights, tile=None if tile is None else tuple(tile), batch_size=batch_size, device=device)
-    records = {p: None if overwrite else finished_stack(out, p, settings, spacing) for p in paths}
+                   weights=weights, tile=None if tile is None else tuple(tile), batch_size=batch_size, device=device,
+                   model_id=model_id)
+    records = {p: None if overwrite else finished_stack(out, p, settings, spacing, model_id=model_id) for p in paths}
     todo = [p for p in paths if records[p] is None]
     mode = "sync" if isinstance(model, Predictor) else choose_scheduler(scheduler, workers, len(todo))
     if mode == "sync":
         # a given Predictor stays open for its owner; one made here is closed here
         loaded = nullcontext(model) if isinstance(model, Predictor) or not todo else Predictor(
-            model, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=trust)
+            model, weights=weights, tile=tile, batch_size=batch_size, device=device, trust=True)
         with loaded as predictor:
             report(progress, 0, len(todo), "stacks")
             for i, p in enumerate(todo):
                 records[p] = job.crop(predictor, p, nested(progress, i, len(todo), p.name))
                 report(progress, i + 1, len(todo), p.name)
     else:
-        records.update(zip(todo, _crop_on_cluster(model, todo, job, mode, workers, trust, progress)))
+        records.update(zip(todo, _crop_on_cluster(model, todo, job, mode, workers, progress)))
     rows = [row for p in paths for row in records[p]]
     with atomic_open(out / CANDIDATES_CSV, newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(CANDIDATE_COLUMNS))
@@ -391,29 +393,45 @@ def stack_record_path(out: str | os.PathLike, stack: str | os.PathLike) -> Path:
     return Path(out) / STACKS_DIR / (Path(stack).name + ".json")
 
 
-def _record_key(stack: Path, settings: CropSettings, spacing: Sequence[float] | None) -> dict:
-    """What a finished stack's record must match: the stack file and the crop settings."""
+def _identify(model: Any, trust: bool) -> tuple[Any, str]:
+    """The model resolved once (its notice shown here) and what identifies its weights in a stack's record."""
+    from cartocell_bmz.run.predictor import Predictor
+    from cartocell_bmz.train.run import fingerprint, is_training_run
+
+    if isinstance(model, Predictor):
+        return model, f"predictor:{model.name}"
+    if isinstance(model, (str, os.PathLike)) and is_training_run(model):
+        return model, fingerprint(model)
+    from cartocell_bmz.bmz.resolve import resolve_model
+
+    resolved = resolve_model(model, trust=trust)
+    return resolved, resolved.rdf_sha256
+
+
+def _record_key(stack: Path, settings: CropSettings, spacing: Sequence[float] | None, model_id: str) -> dict:
+    """What a finished stack's record must match: the stack file, the model and the crop settings."""
     from dataclasses import asdict
 
     from cartocell_bmz.io.stacks import stack_fingerprint
 
-    return json.loads(json.dumps({"stack": stack.name, **stack_fingerprint(stack),
+    return json.loads(json.dumps({"stack": stack.name, **stack_fingerprint(stack), "model": model_id,
                                   "settings": asdict(settings), "spacing": None if spacing is None else list(spacing)}))
 
 
 def finished_stack(out: str | os.PathLike, stack: str | os.PathLike, settings: CropSettings,
-                   spacing: Sequence[float] | None = None) -> list[dict] | None:
+                   spacing: Sequence[float] | None = None, *, model_id: str = "") -> list[dict] | None:
     """The candidate rows of a stack cropped before with the same settings, ``None`` when it is not finished.
 
-    Finished: its record exists, names the same stack file (size, modification time) and
-    settings, and every crop it lists exists.
+    Finished: its record exists, names the same stack file (size, modification time), model
+    (``model_id``: a package's rdf sha256, a training run's fingerprint) and settings, and
+    every crop it lists exists.
     """
     path = stack_record_path(out, stack)
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("key") != _record_key(Path(stack), settings, spacing):
+    if not isinstance(record, dict) or record.get("key") != _record_key(Path(stack), settings, spacing, model_id):
         return None
     rows = record.get("rows")
     if not isinstance(rows, list) or not all((Path(out) / r["crop"]).is_file() for r in rows if r.get("crop")):
@@ -432,6 +450,7 @@ class _CropJob:
     tile: tuple | None
     batch_size: int
     device: str
+    model_id: str = ""
 
     def crop(self, predictor: Any, path: Path, progress: ProgressCallback | None = None) -> list[dict]:
         """Crop one stack, write its record last; its candidate rows (as read back from the record)."""
@@ -445,7 +464,8 @@ class _CropJob:
             rows = _write_crops(stack, found, self.out, self.settings)
         rows = json.loads(json.dumps(rows, default=lambda v: v.item()))  # plain numbers, as a rerun reads them
         with atomic_open(record_path) as fh:
-            json.dump({"key": _record_key(path, self.settings, self.spacing), "rows": rows}, fh, indent=1)
+            json.dump({"key": _record_key(path, self.settings, self.spacing, self.model_id), "rows": rows}, fh,
+                      indent=1)
         return rows
 
     def crop_in_worker(self, model: Any, path: Path) -> list[dict]:
@@ -457,20 +477,19 @@ class _CropJob:
         return self.crop(predictor, path)
 
 
-def _crop_on_cluster(model: Any, todo: list[Path], job: _CropJob, scheduler: str, workers: int | None, trust: bool,
+def _crop_on_cluster(model: Any, todo: list[Path], job: _CropJob, scheduler: str, workers: int | None,
                      progress: ProgressCallback | None) -> list[list[dict]]:
-    """Crop the stacks on the engine's workers, one stack per task; their rows in the order of ``todo``."""
+    """Crop the stacks on the engine's workers, one stack per task; their rows in the order of ``todo``.
+
+    ``model`` is a training run folder or a resolved package (:func:`_identify`).
+    """
     import functools
     from dataclasses import replace
 
-    from cartocell_bmz.bmz.resolve import resolve_model
     from cartocell_bmz.engine.cluster import map_tasks
     from cartocell_bmz.engine.plan import available_memory_gb, plan_workers
     from cartocell_bmz.run.device import resolve_device
-    from cartocell_bmz.train.run import is_training_run
 
-    if not (isinstance(model, (str, os.PathLike)) and is_training_run(model)):
-        model = resolve_model(model, trust=trust)  # the notice shown once, here
     job = replace(job, device=str(resolve_device(job.device)))
     plan = plan_workers(scheduler, len(todo), workers=workers, device=job.device, memory_gb=available_memory_gb())
     return map_tasks(functools.partial(job.crop_in_worker, model), todo, plan, title="stacks",

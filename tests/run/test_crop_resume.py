@@ -55,8 +55,10 @@ def test_each_stack_is_recorded_after_its_crops_and_a_rerun_skips_it(setup):
     for stack in stacks:
         record = json.loads(rc.stack_record_path(out, stack).read_text())
         assert record["rows"] == [r for r in rows if r["stack"] == stack.name]
-        assert rc.finished_stack(out, stack, rc.CropSettings()) == record["rows"]
-        assert rc.finished_stack(out, stack, rc.CropSettings(margin_um=5.0)) is None  # other settings
+        model_id = record["key"]["model"]
+        assert rc.finished_stack(out, stack, rc.CropSettings(), model_id=model_id) == record["rows"]
+        assert rc.finished_stack(out, stack, rc.CropSettings(margin_um=5.0), model_id=model_id) is None  # settings
+        assert rc.finished_stack(out, stack, rc.CropSettings(), model_id="another model") is None
     before = _outputs(out)
     assert rc.crop_stacks(run, stacks, out, device="cpu", scheduler="sync") == rows
     assert calls == ["a.tif", "b.tif"] and _outputs(out) == before  # nothing redone, the same bytes
@@ -77,6 +79,9 @@ def test_a_lost_crop_or_a_changed_stack_is_redone_with_the_same_bytes(setup):
     again = _outputs(out)
     rc.crop_stacks(run, stacks, out, device="cpu", scheduler="sync", overwrite=True)
     assert calls[4:] == ["a.tif", "b.tif"] and _outputs(out) == again
+    other = make_run(out.parent / "other_run", "unet", {**ONE_LEVEL}, seed=1)  # other weights: both redone
+    rc.crop_stacks(other, stacks, out, device="cpu", scheduler="sync")
+    assert calls[6:] == ["a.tif", "b.tif"]
 
 
 def test_stacks_on_a_cluster_address_are_cropped_to_the_same_bytes(setup, tmp_path):
