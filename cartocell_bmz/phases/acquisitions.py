@@ -185,8 +185,8 @@ def analyse_stacks(
         t0 = time.perf_counter()
         report(progress, 2, len(STEPS), "measure")
         summary.tables = measure_files([out / PREDICT_DIR / VORONOI_DIR], out / MEASURE_DIR, group=group, plots=plots,
-                                       main_cyst=True,
-                      overwrite=overwrite, progress=nested(progress, 2, len(STEPS), "measure"), **run)
+                                       main_cyst=True, overwrite=overwrite,
+                                       progress=nested(progress, 2, len(STEPS), "measure"), **run)
         summary.seconds["measure"] = time.perf_counter() - t0
         summary.cells = int(summary.tables.cysts["cells"].sum())
     report(progress, len(STEPS), len(STEPS), "done")

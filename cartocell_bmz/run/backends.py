@@ -11,7 +11,7 @@ of a batch of normalised tiles to B, C, M outputs, a fingerprint of its weights
   formats, its preprocessing, its sigmoid postprocessing), channels-last CPU
   weights, the architecture file's sha256 checked before it is imported; ONNX
   weights through onnxruntime on torch's thread count
-  (:mod:`~cartocell_bmz.run.onnx_runtime`), the default on CPU (:func:`default_weights`).
+  (:mod:`~cartocell_bmz.run.onnx_runtime`) when asked for (:func:`default_weights`).
 - :class:`TorchBackend`: a torch network in memory, from a training run folder
   (:func:`~cartocell_bmz.train.run.load_network`) or during training; normalised
   with :func:`~cartocell_bmz.core.normalize.zero_mean_unit_variance`, the
@@ -34,24 +34,24 @@ from cartocell_bmz.run.geometry import AxisSize, ModelSizes, channel_order
 WEIGHT_FORMATS: tuple[str, ...] = RUNNABLE_WEIGHT_FORMATS
 
 
-def default_weights(available: Any, device: str) -> str | None:
+def default_weights(available: Any) -> str | None:
     """The weight format the runner uses when none is asked for, or ``None`` when none is runnable.
 
-    On CPU, ONNX when the package has it and onnxruntime is installed (onnxruntime ran the
-    six packages 1.2-1.5x faster than torch on the same threads: ``benchmarks/bench_predict.py
-    --onnx``); otherwise pytorch_state_dict, then torchscript, then onnx.
+    The first of :data:`WEIGHT_FORMATS` the package has: pytorch_state_dict, then
+    torchscript, then onnx, on every device.  ONNX is not the CPU default: onnxruntime
+    ran the packages at 0.79x (synthetic-unet) and 0.82x (synthetic-resunet) of torch's
+    channels-last throughput on the same volume and threads (``benchmarks/bench_predict.py
+    --onnx``, 2 CPU cores); ``weights="onnx"`` runs it on request.
 
     Examples
     --------
-    >>> default_weights(("pytorch_state_dict", "torchscript"), "cpu")
+    >>> default_weights(("onnx", "pytorch_state_dict", "torchscript"))
     'pytorch_state_dict'
-    >>> default_weights(("onnx", "pytorch_state_dict"), "cuda")
-    'pytorch_state_dict'
+    >>> default_weights(("onnx",))
+    'onnx'
+    >>> default_weights(("keras_hdf5",)) is None
+    True
     """
-    import importlib.util
-
-    if device == "cpu" and "onnx" in available and importlib.util.find_spec("onnxruntime") is not None:
-        return "onnx"
     return next((w for w in WEIGHT_FORMATS if w in available), None)
 
 
@@ -107,7 +107,7 @@ class PackageBackend(Backend):
     model : ResolvedModel
         From :func:`~cartocell_bmz.bmz.resolve.resolve_model`.
     weights : {None, "pytorch_state_dict", "torchscript", "onnx"}
-        Default: :func:`default_weights` (ONNX on CPU when present, else pytorch_state_dict, then torchscript).
+        Default: :func:`default_weights` (pytorch_state_dict, then torchscript, then onnx).
     device : str
         A ``--device`` value (:func:`~cartocell_bmz.run.device.resolve_device`).
     """
@@ -120,7 +120,7 @@ class PackageBackend(Backend):
         available = model.weight_formats
         self.device = str(resolve_device(device))
         if weights is None:
-            weights = default_weights(available, self.device)
+            weights = default_weights(available)
             if weights is None:
                 raise ModelError(f"model {model.name}: has no {', '.join(WEIGHT_FORMATS)} weights "
                                  f"({', '.join(available)}).")

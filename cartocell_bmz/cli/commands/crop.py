@@ -28,7 +28,9 @@ def command(
                                     help="Cysts closer than this (µm) to another are touching (0: only merged ones)."),
     block: Tuple[int, int, int] = typer.Option(
         (64, 256, 256), "--block", help="Prediction block Z Y X in voxels (memory grows with it)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Weight format: pytorch_state_dict or torchscript."),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", help="Weight format: pytorch_state_dict, torchscript or onnx "
+                                "(default: the first of these the package has)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     tile: Optional[Tuple[int, int, int]] = typer.Option(
         None, "--tile", help="Tile Z Y X for models with parameterised sizes (fixed-size models use theirs)."),

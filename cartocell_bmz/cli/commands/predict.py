@@ -20,9 +20,9 @@ def command(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (per_image/, per_image_instances/, "
                                                        "per_image_post_processing/)."),
     weights: Optional[str] = typer.Option(
-        None, "--weights", help="Weight format: pytorch_state_dict, torchscript or onnx (both run without importing "
-                                "the package's Python code; onnx through onnxruntime). Default: onnx on CPU when "
-                                "present, else pytorch_state_dict."),
+        None, "--weights", help="Weight format: pytorch_state_dict, torchscript or onnx (the last two run without importing "
+                                "the package's Python code; onnx through onnxruntime). Default: pytorch_state_dict, "
+                                "then torchscript, then onnx (onnxruntime is slower than torch on CPU)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N."),
     tile: Optional[Tuple[int, int, int]] = typer.Option(
         None, "--tile", help="Tile Z Y X for models with parameterised sizes (fixed-size models use theirs)."),
