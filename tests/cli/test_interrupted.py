@@ -132,6 +132,8 @@ def test_killed_predict_resumes_to_identical_outputs(package, test_set, tmp_path
     assert summary["n_images"] == N_IMAGES and summary["n_cells"] == json.loads(ref["predict_summary.json"])["n_cells"]
 
 
+@pytest.mark.slow(reason="24 s; the default run keeps the killed predict above, and tests/bench/test_tasks "
+                         "checks that a rerun reuses every finished task with identical tables")
 def test_killed_benchmark_resumes_to_identical_outputs(package, test_set, tmp_path):
     args = lambda out: ["benchmark", "--models", package, "--test", test_set, "--out", out, "--trust",  # noqa: E731
                         "--device", "cpu", "--scheduler", "sync"]

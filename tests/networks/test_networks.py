@@ -438,6 +438,8 @@ def _overfit(name: str, steps: int, feature_maps=(4, 8, 16)):
     return losses, iou
 
 
+@pytest.mark.slow(reason="17 s; the default run keeps tests/train/test_loop.py::test_tiny_model_overfits_one_cyst, "
+                         "the same tiny ResUNet fitted through the training loop")
 def test_tiny_residual_unet_overfits_one_synthetic_cyst():
     """40 Adam steps on one 16 x 48 x 48 cyst: mean BCE from ~0.9 to below 0.1 (about 15 s)."""
     losses, iou = _overfit("resunet", steps=40)
