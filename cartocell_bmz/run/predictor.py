@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cartocell_bmz.core.tiling import TilePlan, accumulate, extract_tile, plan_tiles
+from cartocell_bmz.engine.memory import release_free_memory
 from cartocell_bmz.errors import CartoCellWarning, ConfigError, InputError
 from cartocell_bmz.run.geometry import (
     MAX_TILE_VOXELS, TileGeometry, cheapest_tile, frame_output, tile_geometry, valid_sizes,
@@ -337,6 +338,8 @@ class Predictor:
                 accumulate(out, frame_output(probs[i], g), tile)
             if progress is not None:
                 progress(min(first + self.batch_size, total), total)
+        batch = probs = None  # freed before the trim below
+        release_free_memory()  # the tiles' activations: else the heap fragments over volumes of changing shapes
         return out
 
     @staticmethod

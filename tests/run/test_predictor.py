@@ -205,6 +205,18 @@ def test_volume_smaller_than_a_tile_is_mirrored(packages):
     assert np.allclose(probs, manual, atol=1e-6)
 
 
+def test_freed_memory_is_released_after_each_prediction(packages, monkeypatch):
+    """Each predicted volume ends with release_free_memory (the heap fragments over changing shapes without it)."""
+    from cartocell_bmz.core.phantoms import make_cyst
+
+    calls = []
+    monkeypatch.setattr("cartocell_bmz.run.predictor.release_free_memory", lambda: calls.append(1) or True)
+    with Predictor(packages["happy-honeybee"], trust=True) as p:
+        for shape in ((12, 20, 22), (10, 24, 20)):
+            p.predict(make_cyst(shape, (1.0, 0.5, 0.5), seed=1).raw)
+    assert len(calls) == 2
+
+
 def test_output_into_a_memory_map(packages, cyst, tmp_path):
     cyst = cyst[:, :40, :40]
     out = np.lib.format.open_memmap(tmp_path / "probs.npy", mode="w+", dtype=np.float32, shape=(3, *cyst.shape))
