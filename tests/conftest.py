@@ -33,3 +33,14 @@ def tiny_dataset(tmp_path_factory) -> Path:
     cfg = PhantomConfig(seed=3, shape=(16, 48, 48), counts={"train_M1": 2, "validation": 1, "train_M2": 2, "test": 2})
     make_dataset(root, cfg)
     return root
+
+
+@pytest.fixture(scope="module")
+def address():
+    """A running Dask cluster's address, one per test module (2 worker threads of this process over
+    tcp: starts in about a second) for the tests that run commands against a scheduler address."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None,
+                      silence_logs=40) as cluster:
+        yield cluster.scheduler_address

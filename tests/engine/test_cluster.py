@@ -11,16 +11,6 @@ from cartocell_bmz.engine.plan import Plan
 from cartocell_bmz.errors import ConfigError, InputError
 
 
-@pytest.fixture(scope="module")
-def address():
-    """A running cluster's address (worker threads in this process: starts in about a second)."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None,
-                      silence_logs=40) as cluster:
-        yield cluster.scheduler_address
-
-
 def _slow_square(x: int) -> int:
     import time
 

@@ -13,16 +13,6 @@ from cartocell_bmz.layout import INSTANCES_DIR, LABEL_DIR, PROBS_DIR, RAW_DIR, V
 
 
 @pytest.fixture(scope="module")
-def address():
-    """A running Dask cluster (worker threads of this process, over tcp)."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None,
-                      silence_logs=40) as cluster:
-        yield cluster.scheduler_address
-
-
-@pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("phases_cluster") / "run", "unet", {**ONE_LEVEL})
 

@@ -27,16 +27,6 @@ def _isolated(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def address():
-    """A running Dask cluster (worker threads of this process, over tcp: starts in about a second)."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None,
-                      silence_logs=40) as cluster:
-        yield cluster.scheduler_address
-
-
-@pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
     return build_lookalike(tmp_path_factory.mktemp("pkg") / "happy-honeybee", "happy-honeybee", size=32,
                            kwargs=ONE_LEVEL)
